@@ -1,0 +1,191 @@
+"""The storage contract every backend implements.
+
+Write a custom backend (MongoDB, DynamoDB, ...) by subclassing
+:class:`BaseBackend` and implementing the abstract methods. The engine relies
+on exactly what is documented here and never asks which backend it talks to.
+
+The contract is shaped for the hardest stores, not the easiest:
+
+* :meth:`BaseBackend.claim` is ONE atomic operation that either writes the
+  caller's in-progress record or returns the live record already there, so a
+  replay costs one round trip (one ``SET NX GET`` / Lua call on Redis, one
+  ``INSERT ... ON CONFLICT`` plus a read on SQL).
+* Every claim carries a random *owner token*. :meth:`complete` and
+  :meth:`release` succeed only while the stored record still carries it, so a
+  worker whose lease expired and was taken over can never overwrite or delete
+  the new owner's record.
+* Taking over a dead record (expired lease, or a completed record past its
+  replay window that nobody purged yet) is a compare-and-set on the old
+  owner token, done inside :meth:`claim`.
+* A store with native expiry (Redis, memcached) sets ``has_native_expiry`` and
+  lets the store forget dead records; :meth:`purge_expired` is then a no-op.
+
+Every method exists in a sync and an async flavour. The async defaults run
+the sync method in Django's thread pool (right for blocking drivers such as
+the ORM); a backend with a native async client overrides them, and an async
+method never calls blocking I/O itself.
+
+Errors raised by the store's driver (connection refused, timeouts, locked
+databases) must be wrapped in :class:`StorageError`; the engine turns it into
+a 503 (or lets the request through unguarded, per ``ON_STORAGE_ERROR``).
+"""
+
+from __future__ import annotations
+
+import abc
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar
+
+from asgiref.sync import sync_to_async
+from django.core.checks import CheckMessage
+
+from django_idempotency.records import Claim, ClaimResult, Record, StoredResponse
+
+
+class StorageError(Exception):
+    """The store could not be reached or refused the operation.
+
+    Backends raise it (``raise StorageError(...) from driver_error``) so that
+    no driver exception reaches the engine or the user.
+    """
+
+
+class BaseBackend(abc.ABC):
+    """Abstract idempotency store. One instance per process, built from OPTIONS."""
+
+    has_native_expiry: ClassVar[bool] = False
+    """True when the store forgets dead records by itself (TTL)."""
+
+    supports_listing: bool = True
+    """False when the store cannot enumerate its records (the admin says so)."""
+
+    is_shared_across_processes: bool = True
+    """False for per-process stores; a system check warns outside DEBUG.
+
+    An instance may set it from its configuration (a cache backend over
+    LocMemCache is per process, over Redis it is not).
+    """
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.options: Mapping[str, Any] = dict(options or {})
+
+    # -- time ---------------------------------------------------------------
+
+    def now(self) -> float:
+        """Seconds since the epoch; one clock for every record field.
+
+        Records cross processes and machines, so wall-clock time is the only
+        clock they share. Keep the machines' clocks in sync (NTP).
+        """
+        return time.time()
+
+    # -- the atomic core ----------------------------------------------------
+
+    @abc.abstractmethod
+    def claim(self, claim: Claim) -> ClaimResult:
+        """Claim ``claim.storage_key`` in one atomic operation.
+
+        * No record, or a dead one (``not record.is_live(now)``): write
+          ``Record.from_claim(claim, now)`` and return ``CREATED`` (or
+          ``TAKEN_OVER`` when a dead record was replaced; replacing must be a
+          compare-and-set on the dead record's owner token, so two requests
+          racing to take over cannot both win). Stores with native expiry may
+          return ``CREATED`` for both.
+        * A live record: write nothing and return it with ``EXISTING``.
+
+        Two concurrent calls for one storage key, from any threads, processes
+        or machines, must never both return a claimed outcome.
+        """
+
+    @abc.abstractmethod
+    def complete(
+        self, storage_key: str, owner_token: str, response: StoredResponse, ttl: int
+    ) -> bool:
+        """Store the response and mark the record completed for ``ttl`` seconds.
+
+        Only while the record still carries ``owner_token`` (compare-and-set).
+        Return True when stored, False when the claim is no longer ours (taken
+        over, released or expired); never overwrite another owner's record.
+        """
+
+    @abc.abstractmethod
+    def release(self, storage_key: str, owner_token: str) -> bool:
+        """Delete the in-progress record so that a retry runs the view again.
+
+        Only while the record carries ``owner_token`` and is still in progress;
+        return True when deleted, False otherwise. Used after a failed view
+        (exception, 5xx) and by the admin to unstick a claim.
+        """
+
+    @abc.abstractmethod
+    def get(self, storage_key: str) -> Record | None:
+        """The record stored for ``storage_key``, live or dead, or None."""
+
+    @abc.abstractmethod
+    def delete(self, storage_key: str) -> bool:
+        """Delete the record whatever its state or owner (operators only)."""
+
+    # -- housekeeping -------------------------------------------------------
+
+    def purge_expired(self, *, batch_size: int = 1000) -> Iterator[int]:
+        """Delete dead records in batches, yielding how many each batch removed.
+
+        Stores with ``has_native_expiry`` forget dead records themselves and
+        yield nothing. Others must override this.
+        """
+        if not self.has_native_expiry:
+            raise NotImplementedError(f"{type(self).__name__} must implement purge_expired().")
+        return iter(())
+
+    def count_expired(self) -> int:
+        """How many dead records :meth:`purge_expired` would delete now."""
+        if not self.has_native_expiry:
+            raise NotImplementedError(f"{type(self).__name__} must implement count_expired().")
+        return 0
+
+    def scan(self, cursor: str | None = None, count: int = 100) -> tuple[list[Record], str | None]:
+        """A page of at most ``count`` records and the cursor of the next page.
+
+        ``cursor`` is None for the first page; the returned cursor is None on
+        the last one. The order is the store's own. Backends that cannot list
+        set ``supports_listing = False`` and leave this unimplemented.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot list its records.")
+
+    def check(self, **kwargs: Any) -> list[CheckMessage]:
+        """System-check messages about this backend's configuration.
+
+        ``kwargs`` are the system-check framework's (``databases`` lists the
+        aliases a check may query; it is None when the run must not touch a
+        database). Use ids ``django_idempotency.E010``-``E029`` and
+        ``W010``-``W029``; README.rst documents each.
+        """
+        return []
+
+    def close(self) -> None:
+        """Release connections and pools; called when the settings change."""
+
+    # -- async flavours -----------------------------------------------------
+
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        """Async :meth:`claim`."""
+        return await sync_to_async(self.claim)(claim)
+
+    async def acomplete(
+        self, storage_key: str, owner_token: str, response: StoredResponse, ttl: int
+    ) -> bool:
+        """Async :meth:`complete`."""
+        return await sync_to_async(self.complete)(storage_key, owner_token, response, ttl)
+
+    async def arelease(self, storage_key: str, owner_token: str) -> bool:
+        """Async :meth:`release`."""
+        return await sync_to_async(self.release)(storage_key, owner_token)
+
+    async def aget(self, storage_key: str) -> Record | None:
+        """Async :meth:`get`."""
+        return await sync_to_async(self.get)(storage_key)
+
+    async def adelete(self, storage_key: str) -> bool:
+        """Async :meth:`delete`."""
+        return await sync_to_async(self.delete)(storage_key)

@@ -1,0 +1,185 @@
+"""In-process backend: a bounded dict behind a lock.
+
+For development, tests and single-process servers. Records live in the
+process that wrote them, so two gunicorn workers do NOT share keys (a system
+check warns outside DEBUG). Operations never block on I/O, so the async
+flavours call the sync ones directly instead of hopping to a thread.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from django.core.exceptions import ImproperlyConfigured
+
+from django_idempotency.backends.base import BaseBackend
+from django_idempotency.records import (
+    Claim,
+    ClaimOutcome,
+    ClaimResult,
+    Record,
+    State,
+    StoredResponse,
+)
+
+DEFAULT_MAX_ENTRIES = 10_000
+
+
+class MemoryBackend(BaseBackend):
+    """Thread-safe, TTL-aware, bounded in-memory store.
+
+    OPTIONS: ``{"MAX_ENTRIES": 10000}``. When full, dead records are evicted
+    first, then the oldest live ones (the least recently written).
+    """
+
+    is_shared_across_processes = False
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(options)
+        self.max_entries = _max_entries(self.options)
+        self._records: OrderedDict[str, Record] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def claim(self, claim: Claim) -> ClaimResult:
+        """Create the claim, replace a dead record, or return the live one."""
+        now = self.now()
+        with self._lock:
+            existing = self._records.get(claim.storage_key)
+            if existing is not None and existing.is_live(now):
+                return ClaimResult(ClaimOutcome.EXISTING, existing)
+            record = Record.from_claim(claim, now)
+            self._write(record, now)
+        outcome = ClaimOutcome.CREATED if existing is None else ClaimOutcome.TAKEN_OVER
+        return ClaimResult(outcome, record)
+
+    def complete(
+        self, storage_key: str, owner_token: str, response: StoredResponse, ttl: int
+    ) -> bool:
+        """Mark the caller's record completed, if it is still the caller's."""
+        now = self.now()
+        with self._lock:
+            current = self._records.get(storage_key)
+            if current is None or current.owner_token != owner_token:
+                return False
+            completed = dataclasses.replace(
+                current,
+                state=State.COMPLETED,
+                completed_at=now,
+                expires_at=now + ttl,
+                response=response,
+            )
+            self._write(completed, now)
+        return True
+
+    def release(self, storage_key: str, owner_token: str) -> bool:
+        """Delete the caller's in-progress record, if it is still the caller's."""
+        with self._lock:
+            current = self._records.get(storage_key)
+            if (
+                current is None
+                or current.owner_token != owner_token
+                or current.state is not State.IN_PROGRESS
+            ):
+                return False
+            del self._records[storage_key]
+        return True
+
+    def get(self, storage_key: str) -> Record | None:
+        """The stored record, live or dead."""
+        with self._lock:
+            return self._records.get(storage_key)
+
+    def delete(self, storage_key: str) -> bool:
+        """Delete whatever is stored under the key."""
+        with self._lock:
+            return self._records.pop(storage_key, None) is not None
+
+    def purge_expired(self, *, batch_size: int = 1000) -> Iterator[int]:
+        """Sweep dead records, ``batch_size`` per lock hold."""
+        while True:
+            with self._lock:
+                dead = self._dead_keys(self.now(), limit=batch_size)
+                for storage_key in dead:
+                    del self._records[storage_key]
+            if not dead:
+                return
+            yield len(dead)
+
+    def count_expired(self) -> int:
+        """How many records are dead now."""
+        with self._lock:
+            return len(self._dead_keys(self.now(), limit=None))
+
+    def scan(self, cursor: str | None = None, count: int = 100) -> tuple[list[Record], str | None]:
+        """Records in insertion order; the cursor is an offset."""
+        start = int(cursor or 0)
+        with self._lock:
+            page = list(self._records.values())[start : start + count]
+            more = start + count < len(self._records)
+        return page, (str(start + count) if more else None)
+
+    async def aclaim(self, claim: Claim) -> ClaimResult:
+        """Same as :meth:`claim`: no I/O, so no thread hop."""
+        return self.claim(claim)
+
+    async def acomplete(
+        self, storage_key: str, owner_token: str, response: StoredResponse, ttl: int
+    ) -> bool:
+        """Same as :meth:`complete`."""
+        return self.complete(storage_key, owner_token, response, ttl)
+
+    async def arelease(self, storage_key: str, owner_token: str) -> bool:
+        """Same as :meth:`release`."""
+        return self.release(storage_key, owner_token)
+
+    async def aget(self, storage_key: str) -> Record | None:
+        """Same as :meth:`get`."""
+        return self.get(storage_key)
+
+    async def adelete(self, storage_key: str) -> bool:
+        """Same as :meth:`delete`."""
+        return self.delete(storage_key)
+
+    def _write(self, record: Record, now: float) -> None:
+        """Store ``record`` as the newest entry, evicting to stay bounded."""
+        self._records.pop(record.storage_key, None)
+        if len(self._records) >= self.max_entries:
+            self._evict(now)
+        self._records[record.storage_key] = record
+
+    def _evict(self, now: float) -> None:
+        """Make room for one record: every dead record, else the oldest live one."""
+        dead = self._dead_keys(now, limit=None)
+        for storage_key in dead:
+            del self._records[storage_key]
+        if not dead:
+            self._records.popitem(last=False)
+
+    def _dead_keys(self, now: float, limit: int | None) -> list[str]:
+        dead: list[str] = []
+        for storage_key, record in self._records.items():
+            if not record.is_live(now):
+                dead.append(storage_key)
+                if limit is not None and len(dead) >= limit:
+                    break
+        return dead
+
+
+def _max_entries(options: Mapping[str, Any]) -> int:
+    value = options.get("MAX_ENTRIES", DEFAULT_MAX_ENTRIES)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ImproperlyConfigured(
+            "IDEMPOTENCY['OPTIONS']['MAX_ENTRIES'] must be a positive integer "
+            f"for MemoryBackend; got {value!r}."
+        )
+    unknown = set(options) - {"MAX_ENTRIES"}
+    if unknown:
+        raise ImproperlyConfigured(
+            f"Unknown IDEMPOTENCY['OPTIONS'] for MemoryBackend: {sorted(unknown)}; "
+            "the only option is 'MAX_ENTRIES'."
+        )
+    return value

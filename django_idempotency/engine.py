@@ -1,0 +1,380 @@
+"""The state machine: claim, run, complete or release, replay, conflict, mismatch.
+
+The middleware and the decorator are thin adapters over three steps:
+
+1. ``begin`` (``abegin``): read the key, fingerprint the request and claim the
+   storage key in one backend operation. The answer is a response to send
+   right away (replay, 400, 409, 422, 503), a :class:`Guard` (the claim is
+   ours: run the view), or None (not guarded: pass the request through).
+2. The caller runs the view.
+3. ``finish`` (``afinish``) stores the response or releases the claim;
+   ``abort`` (``aabort``) releases it when the view raised.
+
+Sync and async share every decision; they differ only in awaiting the
+backend. The engine never asks which backend it talks to.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.core.exceptions import ImproperlyConfigured
+from django.dispatch import Signal
+from django.http import HttpRequest, HttpResponse
+from django.http.response import HttpResponseBase
+
+from django_idempotency import problems, signals
+from django_idempotency.backends.base import BaseBackend, StorageError
+from django_idempotency.conf import IdempotencySettings, Policy, get_backend, get_settings
+from django_idempotency.fingerprint import request_fingerprint
+from django_idempotency.keys import InvalidKey, log_label, parse_key, storage_key
+from django_idempotency.records import Claim, ClaimOutcome, ClaimResult, State, StoredResponse
+
+logger = logging.getLogger("django_idempotency")
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+ANONYMOUS_SCOPE = "anonymous"
+UNSTORED_HEADERS = frozenset(
+    {
+        "set-cookie",
+        "date",
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+"""Never replayed: cookies belong to one client, Date to one moment, and
+hop-by-hop headers to one connection."""
+
+
+@dataclass(frozen=True)
+class Guard:
+    """A claim this request owns: the view must run, then finish or abort."""
+
+    claim: Claim
+    policy: Policy
+    backend: BaseBackend
+    request: HttpRequest
+
+
+Decision = HttpResponseBase | Guard | None
+
+
+# -- begin --------------------------------------------------------------------
+
+
+def begin(request: HttpRequest, policy: Policy) -> Decision:
+    """Decide what to do with a request before its view runs (sync)."""
+    config = get_settings()
+    if not _is_guarded(request, policy):
+        return None
+    prepared = _prepare(request, config, policy, _scope(request, config))
+    if not isinstance(prepared, Claim):
+        return prepared
+    backend = get_backend()
+    try:
+        result = backend.claim(prepared)
+    except StorageError as error:
+        return _claim_failed(request, config, backend, prepared, error)
+    return _decide(request, policy, backend, prepared, result)
+
+
+async def abegin(request: HttpRequest, policy: Policy) -> Decision:
+    """Decide what to do with a request before its view runs (async)."""
+    config = get_settings()
+    if not _is_guarded(request, policy):
+        return None
+    prepared = _prepare(request, config, policy, await _ascope(request, config))
+    if not isinstance(prepared, Claim):
+        return prepared
+    backend = get_backend()
+    try:
+        result = await backend.aclaim(prepared)
+    except StorageError as error:
+        return _claim_failed(request, config, backend, prepared, error)
+    return _decide(request, policy, backend, prepared, result)
+
+
+def _is_guarded(request: HttpRequest, policy: Policy) -> bool:
+    return request.method in policy.methods
+
+
+def _prepare(
+    request: HttpRequest, config: IdempotencySettings, policy: Policy, scope: str | None
+) -> HttpResponseBase | Claim | None:
+    """The claim to make, a 400, or None when the request passes unguarded."""
+    raw_key = request.META.get(config.meta_key)
+    if scope is None:  # no key sent, and none needed: the scope was not computed
+        return problems.key_missing(config.header) if policy.required else None
+    fingerprint = request_fingerprint(request, scope)
+    if raw_key is None:
+        key = "auto:" + fingerprint
+    else:
+        try:
+            key = parse_key(raw_key, config.max_key_length)
+        except InvalidKey as error:
+            return problems.key_invalid(config.header, error.reason)
+    return Claim(
+        storage_key=storage_key(scope, key),
+        key=key,
+        scope=scope,
+        fingerprint=fingerprint,
+        method=request.method or "",
+        path=request.get_full_path(),
+        owner_token=secrets.token_hex(16),
+        lease_seconds=policy.lock_ttl,
+    )
+
+
+def _needs_scope(request: HttpRequest, config: IdempotencySettings) -> bool:
+    """A keyless request without AUTO_KEY never touches the store (nor the user)."""
+    return config.meta_key in request.META or config.auto_key
+
+
+def _scope(request: HttpRequest, config: IdempotencySettings) -> str | None:
+    if not _needs_scope(request, config):
+        return None
+    if config.scope is None:
+        return ""
+    if config.scope == "user":
+        return _user_scope(_request_user(request))
+    return _custom_scope(request, config.scope(request))
+
+
+async def _ascope(request: HttpRequest, config: IdempotencySettings) -> str | None:
+    if not _needs_scope(request, config):
+        return None
+    if config.scope is None:
+        return ""
+    if config.scope == "user":
+        auser = getattr(request, "auser", None)
+        if auser is None:
+            _request_user(request)  # raises the ImproperlyConfigured that explains
+        return _user_scope(await auser())  # type: ignore[misc]
+    return _custom_scope(request, await sync_to_async(config.scope)(request))
+
+
+def _request_user(request: HttpRequest) -> Any:
+    try:
+        return request.user
+    except AttributeError:
+        raise ImproperlyConfigured(
+            "IDEMPOTENCY['SCOPE'] is 'user' but the request has no user: put "
+            "'django_idempotency.middleware.IdempotencyMiddleware' after "
+            "'django.contrib.auth.middleware.AuthenticationMiddleware' in MIDDLEWARE, "
+            "or set IDEMPOTENCY['SCOPE'] to None or a callable."
+        ) from None
+
+
+def _user_scope(user: Any) -> str:
+    """Each authenticated user has a scope of their own; anonymous clients share one."""
+    if user is not None and user.is_authenticated:
+        return f"user:{user.pk}"
+    return ANONYMOUS_SCOPE
+
+
+def _custom_scope(request: HttpRequest, scope: object) -> str:
+    if not isinstance(scope, str):
+        raise ImproperlyConfigured(
+            f"The IDEMPOTENCY['SCOPE'] callable must return a str; it returned {scope!r}."
+        )
+    return scope
+
+
+def _decide(
+    request: HttpRequest,
+    policy: Policy,
+    backend: BaseBackend,
+    claim: Claim,
+    result: ClaimResult,
+) -> Decision:
+    """Turn the claim's outcome into a guard or a response."""
+    record = result.record
+    if result.claimed:
+        _emit(signals.claimed, logging.DEBUG, "claimed", request, backend, claim, record=record)
+        if result.outcome is ClaimOutcome.TAKEN_OVER:
+            _emit(
+                signals.taken_over, logging.WARNING, "taken over (the previous lease expired)",
+                request, backend, claim, record=record,
+            )
+        return Guard(claim=claim, policy=policy, backend=backend, request=request)
+    if record.fingerprint != claim.fingerprint:
+        _emit(signals.mismatch, logging.WARNING, "reused for a different request (422)",
+              request, backend, claim, record=record)
+        return problems.key_reused()
+    if record.state is State.IN_PROGRESS or record.response is None:
+        _emit(signals.conflict, logging.INFO, "still in progress (409)",
+              request, backend, claim, record=record)
+        return problems.request_in_progress()
+    _emit(signals.replayed, logging.INFO, "replayed", request, backend, claim, record=record)
+    return replay_response(record.response)
+
+
+def _claim_failed(
+    request: HttpRequest,
+    config: IdempotencySettings,
+    backend: BaseBackend,
+    claim: Claim,
+    error: StorageError,
+) -> HttpResponseBase | None:
+    passing = config.on_storage_error == "pass"
+    consequence = "running the view unguarded" if passing else "answering 503"
+    _emit(signals.storage_error, logging.WARNING if passing else logging.ERROR,
+          f"storage error on claim, {consequence}: {error}", request, backend, claim,
+          operation="claim", error=error)
+    return None if passing else problems.storage_unavailable()
+
+
+# -- finish -------------------------------------------------------------------
+
+
+def finish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
+    """Store the view's response for replay, or release the claim (sync)."""
+    reason = _release_reason(response)
+    claim = guard.claim
+    try:
+        if reason is None:
+            stored = guard.backend.complete(
+                claim.storage_key, claim.owner_token, stored_response(response), guard.policy.ttl
+            )
+        else:
+            stored = guard.backend.release(claim.storage_key, claim.owner_token)
+    except StorageError as error:
+        _finish_failed(guard, reason, error)
+    else:
+        _finished(guard, response, reason, stored)
+    return response
+
+
+async def afinish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
+    """Store the view's response for replay, or release the claim (async)."""
+    reason = _release_reason(response)
+    claim = guard.claim
+    try:
+        if reason is None:
+            stored = await guard.backend.acomplete(
+                claim.storage_key, claim.owner_token, stored_response(response), guard.policy.ttl
+            )
+        else:
+            stored = await guard.backend.arelease(claim.storage_key, claim.owner_token)
+    except StorageError as error:
+        _finish_failed(guard, reason, error)
+    else:
+        _finished(guard, response, reason, stored)
+    return response
+
+
+def abort(guard: Guard) -> None:
+    """Release the claim because the view raised (sync)."""
+    try:
+        released = guard.backend.release(guard.claim.storage_key, guard.claim.owner_token)
+    except StorageError as error:
+        _finish_failed(guard, "exception", error)
+    else:
+        _released(guard, "exception", released)
+
+
+async def aabort(guard: Guard) -> None:
+    """Release the claim because the view raised (async)."""
+    try:
+        released = await guard.backend.arelease(guard.claim.storage_key, guard.claim.owner_token)
+    except StorageError as error:
+        _finish_failed(guard, "exception", error)
+    else:
+        _released(guard, "exception", released)
+
+
+def _release_reason(response: HttpResponseBase) -> str | None:
+    """Why the response must not be stored, or None to store it."""
+    if response.streaming:
+        return "streaming response"
+    if response.status_code >= 500:
+        return f"status {response.status_code}"
+    if response.status_code in get_settings().retryable_statuses:
+        return f"status {response.status_code}"
+    return None
+
+
+def _finished(guard: Guard, response: HttpResponseBase, reason: str | None, ok: bool) -> None:
+    if reason is not None:
+        _released(guard, reason, ok)
+    elif ok:
+        _emit(signals.completed, logging.DEBUG, "completed", guard.request, guard.backend,
+              guard.claim, status=response.status_code)
+    else:
+        logger.warning(
+            "idempotency key %s: the response was not stored, the claim was no longer ours "
+            "(its lease expired and it was taken over or purged); raise LOCK_TTL above the "
+            "view's longest run", log_label(guard.claim.storage_key),
+        )
+
+
+def _released(guard: Guard, reason: str, ok: bool) -> None:
+    if ok:
+        level = logging.WARNING if reason == "streaming response" else logging.INFO
+        _emit(signals.released, level, f"released ({reason})", guard.request, guard.backend,
+              guard.claim, reason=reason)
+
+
+def _finish_failed(guard: Guard, reason: str | None, error: StorageError) -> None:
+    operation = "complete" if reason is None else "release"
+    _emit(signals.storage_error, logging.ERROR,
+          f"storage error on {operation}; the response was returned but the claim stays "
+          f"until its lease expires: {error}",
+          guard.request, guard.backend, guard.claim, operation=operation, error=error)
+
+
+# -- responses ----------------------------------------------------------------
+
+
+def stored_response(response: HttpResponseBase) -> StoredResponse:
+    """What is kept of a response: status, replayable headers, body bytes."""
+    assert isinstance(response, HttpResponse)  # streaming responses are never stored
+    headers = tuple(
+        (name, value) for name, value in response.items() if name.lower() not in UNSTORED_HEADERS
+    )
+    return StoredResponse(status=response.status_code, headers=headers, body=response.content)
+
+
+def replay_response(stored: StoredResponse) -> HttpResponse:
+    """The stored response, byte for byte, marked ``Idempotent-Replayed: true``."""
+    response = HttpResponse(stored.body, status=stored.status)
+    del response["Content-Type"]
+    for name, value in stored.headers:
+        response[name] = value
+    response[REPLAYED_HEADER] = "true"
+    return response
+
+
+# -- events -------------------------------------------------------------------
+
+
+def _emit(
+    signal: Signal,
+    level: int,
+    message: str,
+    request: HttpRequest,
+    backend: BaseBackend,
+    claim: Claim,
+    **extra: Any,
+) -> None:
+    """Log one line and send one signal for one event; never the raw key."""
+    if logger.isEnabledFor(level):
+        logger.log(
+            level, "idempotency key %s (%s %s): %s",
+            log_label(claim.storage_key), claim.method, request.path, message,
+        )
+    signal.send(
+        sender=type(backend), request=request, storage_key=claim.storage_key,
+        scope=claim.scope, **extra,
+    )

@@ -1,0 +1,113 @@
+"""Value objects exchanged between the engine and the storage backends.
+
+They are plain frozen dataclasses so that every backend, whatever it stores
+underneath (rows, pickles, JSON, Lua tables), speaks the same vocabulary:
+a *claim* asks for a *storage key*, a *record* is what the store holds.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+class State(str, enum.Enum):
+    """The two states a record can be in."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+
+
+@dataclass(frozen=True)
+class StoredResponse:
+    """The part of a view's response that is replayed: status, headers, body."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a first request asks the store to write atomically.
+
+    ``owner_token`` is random per request: complete and release only succeed
+    while the stored record still carries it, so a worker whose lease expired
+    and was taken over can never overwrite or delete the new owner's record.
+    """
+
+    storage_key: str
+    key: str
+    scope: str
+    fingerprint: str
+    method: str
+    path: str
+    owner_token: str
+    lease_seconds: int
+
+
+@dataclass(frozen=True)
+class Record:
+    """What the store holds for one storage key.
+
+    ``expires_at`` is the end of the lease while the record is in progress and
+    the end of the replay window once it is completed: a record whose
+    ``expires_at`` has passed is dead and may be claimed again.
+    """
+
+    storage_key: str
+    key: str
+    scope: str
+    fingerprint: str
+    method: str
+    path: str
+    state: State
+    owner_token: str
+    created_at: float
+    expires_at: float
+    completed_at: float | None = None
+    response: StoredResponse | None = None
+
+    def is_live(self, now: float) -> bool:
+        """Whether the record still counts: a live record cannot be claimed."""
+        return now < self.expires_at
+
+    @classmethod
+    def from_claim(cls, claim: Claim, now: float) -> Record:
+        """The in-progress record a successful claim writes."""
+        return cls(
+            storage_key=claim.storage_key,
+            key=claim.key,
+            scope=claim.scope,
+            fingerprint=claim.fingerprint,
+            method=claim.method,
+            path=claim.path,
+            state=State.IN_PROGRESS,
+            owner_token=claim.owner_token,
+            created_at=now,
+            expires_at=now + claim.lease_seconds,
+        )
+
+
+class ClaimOutcome(str, enum.Enum):
+    """How a claim ended."""
+
+    CREATED = "created"
+    """No live record existed; the claim is now ours."""
+    TAKEN_OVER = "taken_over"
+    """A dead record (expired lease or replay window) was replaced by ours."""
+    EXISTING = "existing"
+    """A live record exists; it is returned and nothing was written."""
+
+
+@dataclass(frozen=True)
+class ClaimResult:
+    """The answer of :meth:`BaseBackend.claim`: ours, or the existing record."""
+
+    outcome: ClaimOutcome
+    record: Record
+
+    @property
+    def claimed(self) -> bool:
+        """Whether the caller now owns the key and must run the view."""
+        return self.outcome is not ClaimOutcome.EXISTING

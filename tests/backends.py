@@ -1,0 +1,48 @@
+"""Every backend configuration the behavioural suite runs against.
+
+A case names the ``IDEMPOTENCY`` BACKEND/OPTIONS it installs and the service
+it needs. Tests take the ``backend_case`` fixture (or ``idempotency_backend``)
+and run once per case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.services import MARIADB, POSTGRES, REDIS, Service
+
+DB = "django_idempotency.backends.db.DatabaseBackend"
+CACHE = "django_idempotency.backends.cache.CacheBackend"
+REDIS_NATIVE = "django_idempotency.backends.redis.RedisBackend"
+MEMORY = "django_idempotency.backends.memory.MemoryBackend"
+
+
+@dataclass(frozen=True)
+class BackendCase:
+    """One backend configuration under test."""
+
+    id: str
+    backend: str
+    options: dict[str, Any] = field(default_factory=dict)
+    service: Service | None = None
+    cross_process: bool = True
+    """Whether worker processes share records (the multi-process tests run)."""
+    database: str | None = None
+    """The database alias the records live in, for DatabaseBackend cases."""
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"BACKEND": self.backend, "OPTIONS": dict(self.options)}
+
+
+CASES = [
+    BackendCase("memory", MEMORY, cross_process=False),
+    BackendCase("db-sqlite", DB, {"DATABASE": "default"}, database="default"),
+    BackendCase("db-postgres", DB, {"DATABASE": "postgres"}, POSTGRES, database="postgres"),
+    BackendCase("db-mariadb", DB, {"DATABASE": "mariadb"}, MARIADB, database="mariadb"),
+    BackendCase("cache-locmem", CACHE, {"CACHE": "locmem"}, cross_process=False),
+    BackendCase("cache-redis", CACHE, {"CACHE": "redis"}, REDIS),
+    BackendCase("redis", REDIS_NATIVE, {"CACHE": "redis"}, REDIS),
+]
+CASES_BY_ID = {case.id: case for case in CASES}

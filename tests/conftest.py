@@ -1,0 +1,73 @@
+"""Fixtures shared by the whole suite: one backend per case, cleaned after use."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.test import override_settings
+
+from django_idempotency import conf
+from django_idempotency.backends.base import BaseBackend
+from tests.backends import CASES, BackendCase
+from tests.services import IN_CI, Service, is_up, unavailable_reason
+
+
+def require_service(service: Service | None) -> None:
+    """Skip (or, under CI=true, fail) when the service does not answer."""
+    if service is None or is_up(service):
+        return
+    if IN_CI:
+        pytest.fail(f"CI=true and {unavailable_reason(service)}")
+    pytest.skip(unavailable_reason(service))
+
+
+@pytest.fixture(params=CASES, ids=[case.id for case in CASES])
+def backend_case(request: pytest.FixtureRequest) -> Iterator[BackendCase]:
+    """Each backend case in turn, installed as ``IDEMPOTENCY`` and emptied afterwards."""
+    case: BackendCase = request.param
+    require_service(case.service)
+    with override_settings(IDEMPOTENCY={**_base_settings(request), **case.settings}):
+        backend = conf.get_backend()
+        _empty(backend)
+        try:
+            yield case
+        finally:
+            _empty(backend)
+
+
+@pytest.fixture
+def idempotency_backend(backend_case: BackendCase) -> BaseBackend:
+    """The backend instance the engine uses for the current case."""
+    return conf.get_backend()
+
+
+@pytest.fixture
+def idempotency_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Extra IDEMPOTENCY keys a test sets with ``@pytest.mark.idempotency(...)``."""
+    return _base_settings(request)
+
+
+def _base_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
+    marker = request.node.get_closest_marker("idempotency")
+    return dict(marker.kwargs) if marker else {}
+
+
+def _empty(backend: BaseBackend) -> None:
+    """Delete every record the backend can list (records of earlier tests)."""
+    if not backend.supports_listing:
+        return
+    cursor: str | None = None
+    while True:
+        records, cursor = backend.scan(cursor, 500)
+        for record in records:
+            backend.delete(record.storage_key)
+        if cursor is None:
+            return
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "idempotency(**settings): extra IDEMPOTENCY keys for the backend_case fixture"
+    )

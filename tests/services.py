@@ -1,0 +1,66 @@
+"""Where the test services are, read from environment variables.
+
+Defaults are the loopback servers a developer machine and CI run. A service
+that does not answer makes its tests skip with the address tried, except
+when ``CI=true``: there a missing service fails the run.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from functools import cache
+from urllib.parse import urlsplit
+
+IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+@dataclass(frozen=True)
+class Service:
+    """A network service the tests need."""
+
+    name: str
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name, default)
+
+
+POSTGRES = Service(
+    "PostgreSQL", _env("TEST_POSTGRES_HOST", "127.0.0.1"), int(_env("TEST_POSTGRES_PORT", "5432"))
+)
+MARIADB = Service(
+    "MariaDB", _env("TEST_MARIADB_HOST", "127.0.0.1"), int(_env("TEST_MARIADB_PORT", "3306"))
+)
+REDIS_URL = _env("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+_redis = urlsplit(REDIS_URL)
+REDIS = Service("Redis", _redis.hostname or "127.0.0.1", _redis.port or 6379)
+NATS_URL = _env("TEST_NATS_URL", "nats://127.0.0.1:4222")
+_nats = urlsplit(NATS_URL)
+NATS = Service("NATS", _nats.hostname or "127.0.0.1", _nats.port or 4222)
+
+SERVICES = {"postgres": POSTGRES, "mariadb": MARIADB, "redis": REDIS, "nats": NATS}
+
+
+@cache
+def is_up(service: Service) -> bool:
+    """Whether the service accepts TCP connections (asked once per run)."""
+    try:
+        with socket.create_connection((service.host, service.port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def unavailable_reason(service: Service) -> str:
+    return (
+        f"{service.name} is not reachable at {service.address} "
+        "(set the TEST_* environment variables to point at one)"
+    )

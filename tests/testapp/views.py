@@ -1,0 +1,124 @@
+"""Views the suite sends requests to; each records its executions in SideEffect."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    JsonResponse,
+    StreamingHttpResponse,
+)
+from django.utils.decorators import method_decorator
+from django.views import View
+
+from django_idempotency import idempotent, idempotent_exempt
+from tests.testapp.models import SideEffect
+
+BINARY_BODY = bytes(range(256)) * 4
+
+
+def _record(request: HttpRequest, label: str) -> SideEffect:
+    return SideEffect.objects.create(label=label, payload=request.body.decode("latin-1"))
+
+
+def _created(effect: SideEffect) -> JsonResponse:
+    response = JsonResponse({"id": effect.pk, "label": effect.label}, status=201)
+    response["Location"] = f"/effects/{effect.pk}/"
+    response["X-Effect-Id"] = str(effect.pk)
+    response.set_cookie("session-hint", str(effect.pk))
+    return response
+
+
+def create(request: HttpRequest) -> HttpResponse:
+    """Guarded by the middleware: POST/PATCH create a row."""
+    if request.method == "GET":
+        return JsonResponse({"count": SideEffect.objects.filter(label="create").count()})
+    effect = _record(request, "create")
+    delay = float(request.GET.get("sleep", "0"))
+    if delay:
+        time.sleep(delay)
+    return _created(effect)
+
+
+def status(request: HttpRequest, code: int) -> HttpResponse:
+    """Creates a row, then answers with the status in the URL."""
+    effect = _record(request, f"status-{code}")
+    return JsonResponse({"id": effect.pk}, status=code)
+
+
+def binary(request: HttpRequest) -> HttpResponse:
+    """Creates a row and answers with every byte value."""
+    _record(request, "binary")
+    return HttpResponse(BINARY_BODY, content_type="application/octet-stream")
+
+
+def explode(request: HttpRequest) -> HttpResponse:
+    """Creates a row, then raises: the claim must be released."""
+    _record(request, "explode")
+    raise RuntimeError("the view failed after its side effect")
+
+
+def stream(request: HttpRequest) -> StreamingHttpResponse:
+    """A streaming response: passed through, never stored."""
+    _record(request, "stream")
+    return StreamingHttpResponse(iter([b"chunk-1;", b"chunk-2;", b"chunk-3"]))
+
+
+@idempotent_exempt
+def exempt(request: HttpRequest) -> HttpResponse:
+    """The middleware leaves it alone: every request runs."""
+    return _created(_record(request, "exempt"))
+
+
+@idempotent(required=True)
+def decorated_required(request: HttpRequest) -> HttpResponse:
+    """Guarded by the decorator (and skipped by the middleware)."""
+    return _created(_record(request, "decorated"))
+
+
+@idempotent(methods=["PUT"], ttl=1)
+def decorated_put(request: HttpRequest) -> HttpResponse:
+    """Guards PUT only, with a one-second replay window."""
+    return _created(_record(request, "decorated-put"))
+
+
+@idempotent
+async def async_create(request: HttpRequest) -> HttpResponse:
+    """An async view under the decorator."""
+    effect = await SideEffect.objects.acreate(label="async", payload=request.body.decode())
+    return _created(effect)
+
+
+async def async_plain(request: HttpRequest) -> HttpResponse:
+    """An async view guarded by the middleware only."""
+    effect = await SideEffect.objects.acreate(label="async-plain", payload=request.body.decode())
+    return _created(effect)
+
+
+@idempotent
+class DecoratedClassView(View):
+    """A class-based view decorated on the class."""
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        return _created(_record(request, "cbv-class"))
+
+
+class DispatchDecoratedView(View):
+    """A class-based view decorated on dispatch."""
+
+    @method_decorator(idempotent(required=True))
+    def dispatch(self, request: HttpRequest, *args: object, **kwargs: object) -> HttpResponse:
+        return super().dispatch(request, *args, **kwargs)  # type: ignore[return-value]
+
+    def post(self, request: HttpRequest) -> HttpResponse:
+        return _created(_record(request, "cbv-dispatch"))
+
+
+def echo_json(request: HttpRequest) -> HttpResponse:
+    """Returns the parsed JSON body, to check the body is still readable."""
+    data = json.loads(request.body or b"{}")
+    _record(request, "echo")
+    return JsonResponse({"received": data}, status=200)
