@@ -148,9 +148,9 @@ def parse_settings(raw: object) -> IdempotencySettings:
         )
     values = {**DEFAULTS, **raw}
     header = _string(values, "HEADER")
+    options = _options(values["OPTIONS"])
     return IdempotencySettings(
-        backend_path=_backend_path(values["BACKEND"]),
-        options=_options(values["OPTIONS"]),
+        options=options,
         header=header,
         meta_key=header_meta_key(header),
         methods=validate_methods(values["METHODS"], "IDEMPOTENCY['METHODS']"),
@@ -162,6 +162,9 @@ def parse_settings(raw: object) -> IdempotencySettings:
         auto_key=_boolean(values, "AUTO_KEY"),
         on_storage_error=_storage_error_policy(values["ON_STORAGE_ERROR"]),
         retryable_statuses=_statuses(values["RETRYABLE_STATUSES"]),
+        # Last: importing the backend is the costliest check and may fail for
+        # reasons (a missing driver) that should not hide simpler mistakes.
+        backend_path=_backend_path(values["BACKEND"]),
     )
 
 

@@ -15,6 +15,7 @@ urlpatterns = [
     path("exempt/", views.exempt),
     path("decorated/", views.decorated_required),
     path("decorated-put/", views.decorated_put),
+    path("decorated-explode/", views.decorated_explode),
     path("async/", views.async_create),
     path("async-plain/", views.async_plain),
     path("cbv-class/", views.DecoratedClassView.as_view()),

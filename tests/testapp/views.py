@@ -86,6 +86,13 @@ def decorated_put(request: HttpRequest) -> HttpResponse:
 
 
 @idempotent
+def decorated_explode(request: HttpRequest) -> HttpResponse:
+    """Guarded by the decorator; creates a row, then raises."""
+    _record(request, "decorated-explode")
+    raise RuntimeError("the decorated view failed after its side effect")
+
+
+@idempotent
 async def async_create(request: HttpRequest) -> HttpResponse:
     """An async view under the decorator."""
     effect = await SideEffect.objects.acreate(label="async", payload=request.body.decode())

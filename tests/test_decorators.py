@@ -1,0 +1,162 @@
+"""``@idempotent`` and ``@idempotent_exempt``, with and without the middleware."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse
+from django.test import Client, override_settings
+
+from django_idempotency import idempotent, idempotent_exempt
+from tests.backends import BackendCase
+from tests.http import assert_problem, executions, post
+from tests.testapp.models import SideEffect
+
+pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+
+WITHOUT_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+
+
+@pytest.fixture(params=["with-middleware", "decorator-only"])
+def stack(request: pytest.FixtureRequest) -> object:
+    """Run each decorator test with and without the middleware installed."""
+    if request.param == "with-middleware":
+        yield request.param
+        return
+    with override_settings(MIDDLEWARE=WITHOUT_MIDDLEWARE):
+        yield request.param
+
+
+def test_decorated_view_runs_once_and_replays(
+    backend_case: BackendCase, stack: str, client: Client
+) -> None:
+    first = post(client, "/decorated/")
+    retry = post(client, "/decorated/")
+
+    assert first.status_code == 201
+    assert retry.content == first.content
+    assert retry["Idempotent-Replayed"] == "true"
+    assert executions("decorated") == 1
+
+
+def test_decorator_arguments_override_settings(
+    backend_case: BackendCase, stack: str, client: Client
+) -> None:
+    assert_problem(post(client, "/decorated/", key=None), 400, "key-missing")
+    assert executions("decorated") == 0
+
+
+def test_decorator_methods_and_ttl_override_settings(
+    backend_case: BackendCase, stack: str, client: Client
+) -> None:
+    post(client, "/decorated-put/", method="post")
+    post(client, "/decorated-put/", method="post")
+    assert executions("decorated-put") == 2  # POST is not in methods=["PUT"]
+
+    post(client, "/decorated-put/", method="put")
+    replay = post(client, "/decorated-put/", method="put")
+    time.sleep(1.2)  # ttl=1
+    again = post(client, "/decorated-put/", method="put")
+
+    assert replay["Idempotent-Replayed"] == "true"
+    assert "Idempotent-Replayed" not in again
+    assert executions("decorated-put") == 4
+
+
+@pytest.mark.parametrize("path", ["/cbv-class/", "/cbv-dispatch/"])
+def test_class_based_views_are_guarded(
+    backend_case: BackendCase, stack: str, client: Client, path: str
+) -> None:
+    label = path.strip("/")
+    post(client, path)
+    retry = post(client, path)
+
+    assert retry["Idempotent-Replayed"] == "true"
+    assert executions(label) == 1
+
+
+def test_dispatch_decorator_arguments_apply(
+    backend_case: BackendCase, stack: str, client: Client
+) -> None:
+    assert_problem(post(client, "/cbv-dispatch/", key=None), 400, "key-missing")
+
+
+def test_exempt_view_is_left_alone_by_the_middleware(
+    backend_case: BackendCase, client: Client
+) -> None:
+    post(client, "/exempt/")
+    retry = post(client, "/exempt/")
+
+    assert "Idempotent-Replayed" not in retry
+    assert executions("exempt") == 2
+
+
+def test_decorated_view_under_middleware_claims_once(
+    backend_case: BackendCase, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("DEBUG", logger="django_idempotency")
+
+    post(client, "/decorated/")
+
+    assert caplog.text.count(": claimed") == 1
+    assert caplog.text.count(": completed") == 1
+
+
+def test_exception_in_decorated_view_releases_the_key(
+    backend_case: BackendCase, stack: str
+) -> None:
+    client = Client(raise_request_exception=False)
+
+    first = post(client, "/decorated-explode/")
+    retry = post(client, "/decorated-explode/")
+
+    assert first.status_code == retry.status_code == 500
+    assert executions("decorated-explode") == 2
+
+
+async def test_async_decorated_view_runs_once_and_replays(
+    backend_case: BackendCase, async_client: object
+) -> None:
+    first = await async_client.post(  # type: ignore[attr-defined]
+        "/async/", b"{}", content_type="application/json", headers={"Idempotency-Key": "a-1"}
+    )
+    retry = await async_client.post(  # type: ignore[attr-defined]
+        "/async/", b"{}", content_type="application/json", headers={"Idempotency-Key": "a-1"}
+    )
+
+    assert first.status_code == 201
+    assert retry.content == first.content
+    assert retry["Idempotent-Replayed"] == "true"
+    assert await SideEffect.objects.filter(label="async").acount() == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"ttl": 0}, "@idempotent(ttl=...)"),
+        ({"lock_ttl": -1}, "@idempotent(lock_ttl=...)"),
+        ({"methods": ["GET"]}, "@idempotent(methods=...)"),
+        ({"methods": "POST"}, "@idempotent(methods=...)"),
+        ({"required": "yes"}, "@idempotent(required=...)"),
+    ],
+)
+def test_bad_decorator_arguments_fail_at_import(kwargs: dict[str, object], message: str) -> None:
+    with pytest.raises(ImproperlyConfigured, match=message.replace("(", r"\(").replace(")", r"\)")):
+        idempotent(**kwargs)  # type: ignore[call-overload]
+
+
+def test_decorators_keep_the_view_metadata() -> None:
+    def pay(request: HttpRequest) -> HttpResponse:
+        """Pay."""
+        return HttpResponse()
+
+    assert idempotent(pay).__name__ == "pay"
+    assert idempotent(pay).__doc__ == "Pay."
+    assert idempotent_exempt(pay).__name__ == "pay"

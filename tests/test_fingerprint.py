@@ -1,0 +1,33 @@
+"""What identifies a request."""
+
+from __future__ import annotations
+
+from django.test import RequestFactory
+
+from django_idempotency.fingerprint import fingerprint, request_fingerprint
+
+
+def test_every_part_changes_the_fingerprint() -> None:
+    base = fingerprint("s", "POST", "/p/?q=1", b"body")
+
+    assert fingerprint("t", "POST", "/p/?q=1", b"body") != base
+    assert fingerprint("s", "PATCH", "/p/?q=1", b"body") != base
+    assert fingerprint("s", "POST", "/p/?q=2", b"body") != base
+    assert fingerprint("s", "POST", "/p/?q=1", b"bodY") != base
+    assert fingerprint("s", "POST", "/p/?q=1", b"body") == base
+
+
+def test_bytes_cannot_shift_between_parts() -> None:
+    assert fingerprint("s", "POST", "/a", b"b") != fingerprint("s", "POST", "/", b"ab")
+
+
+def test_empty_body_is_fingerprinted() -> None:
+    assert fingerprint("s", "POST", "/p/", b"") != fingerprint("s", "POST", "/p/", b" ")
+
+
+def test_request_fingerprint_uses_path_with_query_and_body() -> None:
+    request = RequestFactory().post("/pay/?currency=EUR", b"{}", content_type="application/json")
+
+    assert request_fingerprint(request, "scope") == fingerprint(
+        "scope", "POST", "/pay/?currency=EUR", b"{}"
+    )

@@ -1,0 +1,111 @@
+"""What only the memory backend promises: bounded size, eviction order, no I/O."""
+
+from __future__ import annotations
+
+import threading
+
+from django_idempotency.backends.memory import MemoryBackend
+from django_idempotency.records import Claim, ClaimOutcome, StoredResponse
+
+
+def make_claim(key: str, lease: int = 60, owner: str = "owner") -> Claim:
+    return Claim(
+        storage_key=key, key=key, scope="", fingerprint="f", method="POST", path="/",
+        owner_token=owner, lease_seconds=lease,
+    )
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def backend_with_clock(max_entries: int = 3) -> tuple[MemoryBackend, FakeClock]:
+    backend = MemoryBackend({"MAX_ENTRIES": max_entries})
+    clock = FakeClock()
+    backend.now = clock  # type: ignore[method-assign]
+    return backend, clock
+
+
+def test_full_store_evicts_expired_records_first() -> None:
+    backend, clock = backend_with_clock()
+    backend.claim(make_claim("short", lease=1))
+    backend.claim(make_claim("old"))
+    backend.claim(make_claim("new"))
+    clock.now += 2  # "short" is dead now, "old" is the oldest live record
+
+    backend.claim(make_claim("extra"))
+
+    assert backend.get("short") is None
+    assert backend.get("old") is not None
+    assert backend.get("extra") is not None
+
+
+def test_full_store_of_live_records_evicts_the_oldest() -> None:
+    backend, _ = backend_with_clock()
+    for key in ("a", "b", "c"):
+        backend.claim(make_claim(key))
+
+    backend.claim(make_claim("d"))
+
+    assert backend.get("a") is None
+    assert [r.storage_key for r in backend.scan(None, 10)[0]] == ["b", "c", "d"]
+
+
+def test_completed_record_lives_for_its_ttl() -> None:
+    backend, clock = backend_with_clock()
+    backend.claim(make_claim("k"))
+    backend.complete("k", "owner", StoredResponse(200, (), b"ok"), ttl=10)
+    clock.now += 9
+
+    assert backend.claim(make_claim("k", owner="retry")).outcome is ClaimOutcome.EXISTING
+    clock.now += 2
+    assert backend.claim(make_claim("k", owner="later")).outcome is ClaimOutcome.TAKEN_OVER
+
+
+def test_purge_sweeps_dead_records_in_batches() -> None:
+    backend, clock = backend_with_clock(max_entries=100)
+    for index in range(25):
+        backend.claim(make_claim(f"k{index}", lease=1))
+    backend.claim(make_claim("live", lease=60))
+    clock.now += 5
+
+    assert backend.count_expired() == 25
+    assert list(backend.purge_expired(batch_size=10)) == [10, 10, 5]
+    assert backend.count_expired() == 0
+    assert backend.get("live") is not None
+
+
+def test_scan_pages_through_every_record() -> None:
+    backend, _ = backend_with_clock(max_entries=100)
+    for index in range(7):
+        backend.claim(make_claim(f"k{index}"))
+
+    first, cursor = backend.scan(None, 3)
+    second, cursor2 = backend.scan(cursor, 3)
+    third, cursor3 = backend.scan(cursor2, 3)
+
+    assert [len(first), len(second), len(third)] == [3, 3, 1]
+    assert cursor3 is None
+
+
+def test_claims_from_many_threads_are_exclusive() -> None:
+    backend = MemoryBackend()
+    barrier = threading.Barrier(32)
+    outcomes: list[ClaimOutcome] = []
+
+    def claim(index: int) -> None:
+        barrier.wait(timeout=10)
+        outcomes.append(backend.claim(make_claim("one", owner=str(index))).outcome)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(32)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+
+    assert outcomes.count(ClaimOutcome.CREATED) == 1
+    assert outcomes.count(ClaimOutcome.EXISTING) == 31
