@@ -17,7 +17,7 @@ backend. The engine never asks which backend it talks to.
 from __future__ import annotations
 
 import logging
-import secrets
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +116,8 @@ def _prepare(
     raw_key = request.META.get(config.meta_key)
     if scope is None:  # no key sent, and none needed: the scope was not computed
         return problems.key_missing(config.header) if policy.required else None
-    fingerprint = request_fingerprint(request, scope)
+    full_path = request.get_full_path()
+    fingerprint = request_fingerprint(request, scope, full_path)
     if raw_key is None:
         key = "auto:" + fingerprint
     else:
@@ -130,8 +131,8 @@ def _prepare(
         scope=scope,
         fingerprint=fingerprint,
         method=request.method or "",
-        path=request.get_full_path(),
-        owner_token=secrets.token_hex(16),
+        path=full_path,
+        owner_token=os.urandom(16).hex(),
         lease_seconds=policy.lock_ttl,
     )
 
@@ -369,12 +370,13 @@ def _emit(
     **extra: Any,
 ) -> None:
     """Log one line and send one signal for one event; never the raw key."""
-    if logger.isEnabledFor(level):
+    if logger.isEnabledFor(level):  # the hot path skips formatting when nobody listens
         logger.log(
             level, "idempotency key %s (%s %s): %s",
             log_label(claim.storage_key), claim.method, request.path, message,
         )
-    signal.send(
-        sender=type(backend), request=request, storage_key=claim.storage_key,
-        scope=claim.scope, **extra,
-    )
+    if signal.receivers:
+        signal.send(
+            sender=type(backend), request=request, storage_key=claim.storage_key,
+            scope=claim.scope, **extra,
+        )

@@ -15,13 +15,16 @@ from django.http import HttpRequest
 
 def fingerprint(scope: str, method: str, full_path: str, body: bytes) -> str:
     """Hex SHA-256 of the request's identifying parts."""
-    digest = hashlib.sha256()
-    for part in (scope.encode(), method.encode(), full_path.encode(), body):
-        digest.update(len(part).to_bytes(8, "big"))
-        digest.update(part)
+    framed = b"".join(
+        len(part).to_bytes(8, "big") + part
+        for part in (scope.encode(), method.encode(), full_path.encode(), b"")
+    )
+    digest = hashlib.sha256(framed[:-8])  # every part but the body, framed
+    digest.update(len(body).to_bytes(8, "big"))
+    digest.update(body)  # not copied: bodies can be large
     return digest.hexdigest()
 
 
-def request_fingerprint(request: HttpRequest, scope: str) -> str:
+def request_fingerprint(request: HttpRequest, scope: str, full_path: str) -> str:
     """The fingerprint of a Django request under ``scope``."""
-    return fingerprint(scope, request.method or "", request.get_full_path(), request.body)
+    return fingerprint(scope, request.method or "", full_path, request.body)

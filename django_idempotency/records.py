@@ -18,7 +18,7 @@ class State(str, enum.Enum):
     COMPLETED = "completed"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredResponse:
     """The part of a view's response that is replayed: status, headers, body."""
 
@@ -27,7 +27,7 @@ class StoredResponse:
     body: bytes
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Claim:
     """What a first request asks the store to write atomically.
 
@@ -46,7 +46,7 @@ class Claim:
     lease_seconds: int
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Record:
     """What the store holds for one storage key.
 
@@ -71,6 +71,23 @@ class Record:
     def is_live(self, now: float) -> bool:
         """Whether the record still counts: a live record cannot be claimed."""
         return now < self.expires_at
+
+    def completed(self, response: StoredResponse, now: float, ttl: int) -> Record:
+        """This record, completed with ``response`` and replayable for ``ttl`` seconds."""
+        return Record(
+            storage_key=self.storage_key,
+            key=self.key,
+            scope=self.scope,
+            fingerprint=self.fingerprint,
+            method=self.method,
+            path=self.path,
+            state=State.COMPLETED,
+            owner_token=self.owner_token,
+            created_at=self.created_at,
+            expires_at=now + ttl,
+            completed_at=now,
+            response=response,
+        )
 
     @classmethod
     def from_claim(cls, claim: Claim, now: float) -> Record:
@@ -100,7 +117,7 @@ class ClaimOutcome(str, enum.Enum):
     """A live record exists; it is returned and nothing was written."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ClaimResult:
     """The answer of :meth:`BaseBackend.claim`: ours, or the existing record."""
 

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from django.core.cache import caches
 from django.test import override_settings
 
 from django_idempotency import conf
@@ -30,11 +31,11 @@ def backend_case(request: pytest.FixtureRequest) -> Iterator[BackendCase]:
     require_service(case.service)
     with override_settings(IDEMPOTENCY={**_base_settings(request), **case.settings}):
         backend = conf.get_backend()
-        _empty(backend)
+        _empty(backend, case)
         try:
             yield case
         finally:
-            _empty(backend)
+            _empty(backend, case)
 
 
 @pytest.fixture
@@ -54,9 +55,15 @@ def _base_settings(request: pytest.FixtureRequest) -> dict[str, Any]:
     return dict(marker.kwargs) if marker else {}
 
 
-def _empty(backend: BaseBackend) -> None:
-    """Delete every record the backend can list (records of earlier tests)."""
+def _empty(backend: BaseBackend, case: BackendCase) -> None:
+    """Delete the records of earlier tests.
+
+    Listable stores delete what they list (never a whole shared Redis); a
+    cache that cannot list is a test-only local cache and is cleared.
+    """
     if not backend.supports_listing:
+        if "CACHE" in case.options:
+            caches[case.options["CACHE"]].clear()
         return
     cursor: str | None = None
     while True:

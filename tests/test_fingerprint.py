@@ -28,6 +28,6 @@ def test_empty_body_is_fingerprinted() -> None:
 def test_request_fingerprint_uses_path_with_query_and_body() -> None:
     request = RequestFactory().post("/pay/?currency=EUR", b"{}", content_type="application/json")
 
-    assert request_fingerprint(request, "scope") == fingerprint(
+    assert request_fingerprint(request, "scope", request.get_full_path()) == fingerprint(
         "scope", "POST", "/pay/?currency=EUR", b"{}"
     )

@@ -1,0 +1,87 @@
+"""Overhead of the middleware per request, as ratios measured in one run.
+
+Three kinds of request go through Django's test client against the same
+view (insert a row, answer 201 JSON) with the memory backend:
+
+* ``unguarded``: the view exempted from the middleware (the baseline);
+* ``first``: guarded, a new key each time (claim, run, complete);
+* ``replay``: guarded, a key already completed (the stored response).
+
+Rounds interleave the three kinds (the order rotates each round), so
+machine noise hits all of them alike; each figure is the median over rounds
+of the mean µs/request within a round. Run: ``python benchmarks/overhead.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.bench_settings")
+
+BODY = b'{"amount": "12.50", "currency": "EUR"}'
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=30)
+    parser.add_argument("--requests", type=int, default=200, help="per kind per round")
+    args = parser.parse_args()
+
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.test import Client
+
+    call_command("migrate", run_syncdb=True, verbosity=0)
+    client = Client()
+    counter = itertools.count()
+
+    def send(path: str, key: str | None) -> None:
+        headers = {} if key is None else {"HTTP_IDEMPOTENCY_KEY": key}
+        response = client.post(path, BODY, content_type="application/json", **headers)
+        assert response.status_code == 201, response.content
+
+    send("/guarded/", "replayed-key")
+    kinds: dict[str, Callable[[], None]] = {
+        "unguarded": lambda: send("/unguarded/", None),
+        "first": lambda: send("/guarded/", f"key-{next(counter)}"),
+        "replay": lambda: send("/guarded/", "replayed-key"),
+    }
+    for run in kinds.values():  # warm up every path
+        for _ in range(50):
+            run()
+
+    samples: dict[str, list[float]] = {name: [] for name in kinds}
+    names = list(kinds)
+    for round_index in range(args.rounds):
+        order = names[round_index % 3 :] + names[: round_index % 3]
+        for name in order:
+            run = kinds[name]
+            started = time.perf_counter()
+            for _ in range(args.requests):
+                run()
+            elapsed = time.perf_counter() - started
+            samples[name].append(elapsed / args.requests * 1e6)
+
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    base = medians["unguarded"]
+    print(f"Django test client, memory backend, {args.rounds} rounds x {args.requests} requests")
+    print(f"{'kind':<12}{'median µs/request':>20}{'ratio to unguarded':>22}")
+    for name in names:
+        print(f"{name:<12}{medians[name]:>20.1f}{medians[name] / base:>22.2f}x")
+    print(f"targets: first <= 1.15x, replay <= 0.90x -> "
+          f"first {'OK' if medians['first'] / base <= 1.15 else 'MISSED'}, "
+          f"replay {'OK' if medians['replay'] / base <= 0.90 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
