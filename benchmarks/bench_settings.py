@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-SECRET_KEY = "benchmarks"  # noqa: S105 (benchmark-only)
+SECRET_KEY = "benchmarks"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True

@@ -78,9 +78,11 @@ def main() -> None:
     print(f"{'kind':<12}{'median µs/request':>20}{'ratio to unguarded':>22}")
     for name in names:
         print(f"{name:<12}{medians[name]:>20.1f}{medians[name] / base:>22.2f}x")
-    print(f"targets: first <= 1.15x, replay <= 0.90x -> "
-          f"first {'OK' if medians['first'] / base <= 1.15 else 'MISSED'}, "
-          f"replay {'OK' if medians['replay'] / base <= 0.90 else 'MISSED'}")
+    print(
+        f"targets: first <= 1.15x, replay <= 0.90x -> "
+        f"first {'OK' if medians['first'] / base <= 1.15 else 'MISSED'}, "
+        f"replay {'OK' if medians['replay'] / base <= 0.90 else 'MISSED'}"
+    )
 
 
 if __name__ == "__main__":

@@ -91,7 +91,9 @@ def _middleware_order(config: IdempotencySettings) -> list[checks.CheckMessage]:
     if config.scope != "user" or MIDDLEWARE_PATH not in middleware:
         return []
     position = middleware.index(MIDDLEWARE_PATH)
-    authentication = [middleware.index(p) for p in AUTHENTICATION_MIDDLEWARE_PATHS if p in middleware]
+    authentication = [
+        middleware.index(p) for p in AUTHENTICATION_MIDDLEWARE_PATHS if p in middleware
+    ]
     if authentication and min(authentication) < position:
         return []
     return [

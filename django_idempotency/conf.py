@@ -253,8 +253,10 @@ def _max_key_length(value: object) -> int:
 
 
 def _scope(value: object) -> Literal["user"] | ScopeFunction | None:
-    if value is None or value == "user":
-        return cast(Literal["user"] | None, value)
+    if value is None:
+        return None
+    if value == "user":
+        return "user"
     if callable(value):
         return cast(ScopeFunction, value)
     if isinstance(value, str):
@@ -288,7 +290,9 @@ def _statuses(value: object) -> frozenset[int]:
             f"IDEMPOTENCY['RETRYABLE_STATUSES'] must be a list of 4xx status codes; got {value!r}."
         )
     statuses = frozenset(value)
-    bad = [s for s in statuses if isinstance(s, bool) or not isinstance(s, int) or not 400 <= s < 500]
+    bad = [
+        s for s in statuses if isinstance(s, bool) or not isinstance(s, int) or not 400 <= s < 500
+    ]
     if bad:
         raise ImproperlyConfigured(
             "IDEMPOTENCY['RETRYABLE_STATUSES'] must hold 4xx status codes (5xx are always "

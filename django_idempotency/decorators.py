@@ -75,7 +75,7 @@ def idempotent(
 def idempotent_exempt(view: View) -> View:
     """Make ``IdempotencyMiddleware`` leave this view alone."""
     if isinstance(view, type):
-        return method_decorator(idempotent_exempt, name="dispatch")(view)  # type: ignore[no-any-return]
+        return method_decorator(idempotent_exempt, name="dispatch")(view)
 
     if iscoroutinefunction(view):
 

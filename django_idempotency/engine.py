@@ -205,17 +205,36 @@ def _decide(
         _emit(signals.claimed, logging.DEBUG, "claimed", request, backend, claim, record=record)
         if result.outcome is ClaimOutcome.TAKEN_OVER:
             _emit(
-                signals.taken_over, logging.WARNING, "taken over (the previous lease expired)",
-                request, backend, claim, record=record,
+                signals.taken_over,
+                logging.WARNING,
+                "taken over (the previous lease expired)",
+                request,
+                backend,
+                claim,
+                record=record,
             )
         return Guard(claim=claim, policy=policy, backend=backend, request=request)
     if record.fingerprint != claim.fingerprint:
-        _emit(signals.mismatch, logging.WARNING, "reused for a different request (422)",
-              request, backend, claim, record=record)
+        _emit(
+            signals.mismatch,
+            logging.WARNING,
+            "reused for a different request (422)",
+            request,
+            backend,
+            claim,
+            record=record,
+        )
         return problems.key_reused()
     if record.state is State.IN_PROGRESS or record.response is None:
-        _emit(signals.conflict, logging.INFO, "still in progress (409)",
-              request, backend, claim, record=record)
+        _emit(
+            signals.conflict,
+            logging.INFO,
+            "still in progress (409)",
+            request,
+            backend,
+            claim,
+            record=record,
+        )
         return problems.request_in_progress()
     _emit(signals.replayed, logging.INFO, "replayed", request, backend, claim, record=record)
     return replay_response(record.response)
@@ -230,9 +249,16 @@ def _claim_failed(
 ) -> HttpResponseBase | None:
     passing = config.on_storage_error == "pass"
     consequence = "running the view unguarded" if passing else "answering 503"
-    _emit(signals.storage_error, logging.WARNING if passing else logging.ERROR,
-          f"storage error on claim, {consequence}: {error}", request, backend, claim,
-          operation="claim", error=error)
+    _emit(
+        signals.storage_error,
+        logging.WARNING if passing else logging.ERROR,
+        f"storage error on claim, {consequence}: {error}",
+        request,
+        backend,
+        claim,
+        operation="claim",
+        error=error,
+    )
     return None if passing else problems.storage_unavailable()
 
 
@@ -310,29 +336,51 @@ def _finished(guard: Guard, response: HttpResponseBase, reason: str | None, ok: 
     if reason is not None:
         _released(guard, reason, ok)
     elif ok:
-        _emit(signals.completed, logging.DEBUG, "completed", guard.request, guard.backend,
-              guard.claim, status=response.status_code)
+        _emit(
+            signals.completed,
+            logging.DEBUG,
+            "completed",
+            guard.request,
+            guard.backend,
+            guard.claim,
+            status=response.status_code,
+        )
     else:
         logger.warning(
             "idempotency key %s: the response was not stored, the claim was no longer ours "
             "(its lease expired and it was taken over or purged); raise LOCK_TTL above the "
-            "view's longest run", log_label(guard.claim.storage_key),
+            "view's longest run",
+            log_label(guard.claim.storage_key),
         )
 
 
 def _released(guard: Guard, reason: str, ok: bool) -> None:
     if ok:
         level = logging.WARNING if reason == "streaming response" else logging.INFO
-        _emit(signals.released, level, f"released ({reason})", guard.request, guard.backend,
-              guard.claim, reason=reason)
+        _emit(
+            signals.released,
+            level,
+            f"released ({reason})",
+            guard.request,
+            guard.backend,
+            guard.claim,
+            reason=reason,
+        )
 
 
 def _finish_failed(guard: Guard, reason: str | None, error: StorageError) -> None:
     operation = "complete" if reason is None else "release"
-    _emit(signals.storage_error, logging.ERROR,
-          f"storage error on {operation}; the response was returned but the claim stays "
-          f"until its lease expires: {error}",
-          guard.request, guard.backend, guard.claim, operation=operation, error=error)
+    _emit(
+        signals.storage_error,
+        logging.ERROR,
+        f"storage error on {operation}; the response was returned but the claim stays "
+        f"until its lease expires: {error}",
+        guard.request,
+        guard.backend,
+        guard.claim,
+        operation=operation,
+        error=error,
+    )
 
 
 # -- responses ----------------------------------------------------------------
@@ -372,11 +420,18 @@ def _emit(
     """Log one line and send one signal for one event; never the raw key."""
     if logger.isEnabledFor(level):  # the hot path skips formatting when nobody listens
         logger.log(
-            level, "idempotency key %s (%s %s): %s",
-            log_label(claim.storage_key), claim.method, request.path, message,
+            level,
+            "idempotency key %s (%s %s): %s",
+            log_label(claim.storage_key),
+            claim.method,
+            request.path,
+            message,
         )
     if signal.receivers:
         signal.send(
-            sender=type(backend), request=request, storage_key=claim.storage_key,
-            scope=claim.scope, **extra,
+            sender=type(backend),
+            request=request,
+            storage_key=claim.storage_key,
+            scope=claim.scope,
+            **extra,
         )

@@ -52,7 +52,8 @@ class IdempotencyMiddleware:
         self.is_async = iscoroutinefunction(get_response)
         if self.is_async:
             markcoroutinefunction(self)
-            self.process_view = self._aprocess_view  # type: ignore[method-assign]
+            # Django awaits a coroutine process_view on an async stack: no thread hop.
+            self.process_view = self._aprocess_view  # type: ignore[method-assign,assignment]
 
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:

@@ -13,7 +13,7 @@ from typing import Any
 
 from tests.services import MARIADB, POSTGRES, REDIS, REDIS_URL, is_up
 
-SECRET_KEY = "django-idempotency-tests"  # noqa: S105 (test-only)
+SECRET_KEY = "django-idempotency-tests"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
 USE_TZ = True

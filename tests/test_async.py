@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from asgiref.sync import iscoroutinefunction
 from django.http import HttpRequest, HttpResponse
@@ -15,8 +17,8 @@ from tests.testapp.models import SideEffect
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 
-async def apost(client: AsyncClient, path: str, body: bytes = BODY, key: str = "a-1") -> HttpResponse:
-    return await client.post(  # type: ignore[no-any-return]
+async def apost(client: AsyncClient, path: str, body: bytes = BODY, key: str = "a-1") -> Any:
+    return await client.post(
         path, body, content_type="application/json", headers={"Idempotency-Key": key}
     )
 

@@ -25,7 +25,9 @@ RESPONSE = StoredResponse(
 )
 
 
-def make_claim(storage_key: str | None = None, lease: int = 60, fingerprint: str = "f" * 64) -> Claim:
+def make_claim(
+    storage_key: str | None = None, lease: int = 60, fingerprint: str = "f" * 64
+) -> Claim:
     return Claim(
         storage_key=storage_key or secrets.token_hex(32),
         key="client-key",
@@ -50,7 +52,11 @@ def test_claim_creates_an_in_progress_record(idempotency_backend: BaseBackend) -
     assert record.state is State.IN_PROGRESS
     assert record.owner_token == claim.owner_token
     assert (record.key, record.scope, record.method, record.path, record.fingerprint) == (
-        claim.key, claim.scope, claim.method, claim.path, claim.fingerprint,
+        claim.key,
+        claim.scope,
+        claim.method,
+        claim.path,
+        claim.fingerprint,
     )
     assert record.is_live(time.time())
     assert record.expires_at == pytest.approx(time.time() + 60, abs=5)
@@ -94,7 +100,8 @@ def test_binary_body_survives_the_round_trip(idempotency_backend: BaseBackend) -
     idempotency_backend.complete(claim.storage_key, claim.owner_token, response, ttl=60)
 
     record = idempotency_backend.get(claim.storage_key)
-    assert record is not None and record.response is not None
+    assert record is not None
+    assert record.response is not None
     assert record.response.body == body
 
 
@@ -105,7 +112,8 @@ def test_complete_and_release_need_the_owner_token(idempotency_backend: BaseBack
     assert not idempotency_backend.complete(claim.storage_key, "not-the-owner", RESPONSE, ttl=60)
     assert not idempotency_backend.release(claim.storage_key, "not-the-owner")
     record = idempotency_backend.get(claim.storage_key)
-    assert record is not None and record.state is State.IN_PROGRESS
+    assert record is not None
+    assert record.state is State.IN_PROGRESS
 
 
 def test_release_deletes_the_claim_so_a_retry_claims_again(
@@ -241,7 +249,8 @@ async def test_async_flavours_follow_the_same_contract(idempotency_backend: Base
     assert not await idempotency_backend.acomplete(claim.storage_key, "other", RESPONSE, 60)
     assert await idempotency_backend.acomplete(claim.storage_key, claim.owner_token, RESPONSE, 60)
     record = await idempotency_backend.aget(claim.storage_key)
-    assert record is not None and record.response == RESPONSE
+    assert record is not None
+    assert record.response == RESPONSE
     assert not await idempotency_backend.arelease(claim.storage_key, claim.owner_token)
     assert await idempotency_backend.adelete(claim.storage_key)
 

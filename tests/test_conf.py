@@ -83,9 +83,7 @@ def test_override_settings_takes_effect_and_closes_the_old_backend() -> None:
             assert conf.get_backend().max_entries == 3  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(
-    "options", [{"MAX_ENTRIES": 0}, {"MAX_ENTRIES": "10"}, {"MAXENTRIES": 10}]
-)
+@pytest.mark.parametrize("options", [{"MAX_ENTRIES": 0}, {"MAX_ENTRIES": "10"}, {"MAXENTRIES": 10}])
 def test_memory_backend_options_are_validated(options: dict[str, Any]) -> None:
     with pytest.raises(ImproperlyConfigured, match=r"IDEMPOTENCY\['OPTIONS'\]"):
         MemoryBackend(options)

@@ -10,8 +10,14 @@ from django_idempotency.records import Claim, ClaimOutcome, StoredResponse
 
 def make_claim(key: str, lease: int = 60, owner: str = "owner") -> Claim:
     return Claim(
-        storage_key=key, key=key, scope="", fingerprint="f", method="POST", path="/",
-        owner_token=owner, lease_seconds=lease,
+        storage_key=key,
+        key=key,
+        scope="",
+        fingerprint="f",
+        method="POST",
+        path="/",
+        owner_token=owner,
+        lease_seconds=lease,
     )
 
 

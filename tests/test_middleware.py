@@ -84,9 +84,7 @@ def test_binary_body_is_replayed_byte_for_byte(backend_case: BackendCase, client
     assert executions("binary") == 1
 
 
-def test_request_body_stays_readable_by_the_view(
-    backend_case: BackendCase, client: Client
-) -> None:
+def test_request_body_stays_readable_by_the_view(backend_case: BackendCase, client: Client) -> None:
     response = post(client, "/echo/", b'{"a": [1, 2]}')
 
     assert json.loads(response.content) == {"received": {"a": [1, 2]}}
@@ -251,10 +249,12 @@ def test_expired_lease_is_taken_over_and_old_owner_cannot_complete(
     assert retry["Idempotent-Replayed"] == "true"
     assert executions() == 1
     replaced = idempotency_backend.get(stale.storage_key)
-    assert replaced is not None and replaced.owner_token != stale.owner_token
+    assert replaced is not None
+    assert replaced.owner_token != stale.owner_token
     assert not idempotency_backend.release(stale.storage_key, stale.owner_token)
     record = idempotency_backend.get(stale.storage_key)
-    assert record is not None and record.state is State.COMPLETED
+    assert record is not None
+    assert record.state is State.COMPLETED
 
 
 @pytest.mark.idempotency(TTL=1)

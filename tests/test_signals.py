@@ -23,7 +23,13 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 ALL = {
     name: getattr(signals, name)
     for name in (
-        "claimed", "taken_over", "completed", "replayed", "conflict", "mismatch", "released",
+        "claimed",
+        "taken_over",
+        "completed",
+        "replayed",
+        "conflict",
+        "mismatch",
+        "released",
         "storage_error",
     )
 }
@@ -78,7 +84,9 @@ def test_first_request_sends_claimed_then_completed(
 
 
 def test_replay_conflict_and_mismatch_each_send_one_signal(
-    backend_case: BackendCase, client: Client, idempotency_backend: BaseBackend,
+    backend_case: BackendCase,
+    client: Client,
+    idempotency_backend: BaseBackend,
     recorder: Recorder,
 ) -> None:
     post(client)
@@ -102,7 +110,9 @@ def test_release_sends_released_with_the_reason(
 
 @pytest.mark.idempotency(LOCK_TTL=1)
 def test_takeover_sends_taken_over_where_the_store_can_tell(
-    backend_case: BackendCase, client: Client, idempotency_backend: BaseBackend,
+    backend_case: BackendCase,
+    client: Client,
+    idempotency_backend: BaseBackend,
     recorder: Recorder,
 ) -> None:
     claim_as_request(idempotency_backend, "key-1", lease=1)
@@ -140,7 +150,9 @@ def test_one_log_line_per_event_without_the_raw_key(
 
     lines = [r for r in caplog.records if r.name == "django_idempotency"]
     assert [r.getMessage().rsplit(": ", 1)[-1] for r in lines] == [
-        "claimed", "completed", "replayed",
+        "claimed",
+        "completed",
+        "replayed",
     ]
     assert [r.levelno for r in lines] == [logging.DEBUG, logging.DEBUG, logging.INFO]
     assert "customer-secret-key" not in caplog.text

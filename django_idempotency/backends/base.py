@@ -164,7 +164,11 @@ class BaseBackend(abc.ABC):
         return []
 
     def close(self) -> None:
-        """Release connections and pools; called when the settings change."""
+        """Release connections and pools; called when the settings change.
+
+        Optional: a backend without connections has nothing to close.
+        """
+        return None
 
     # -- async flavours -----------------------------------------------------
 
