@@ -1,0 +1,1 @@
+"""The demo app: payments created through an idempotent JSON API."""
