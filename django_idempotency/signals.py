@@ -21,7 +21,12 @@ forget dead claims themselves, so they send ``claimed`` only.
 """
 
 completed = Signal()
-"""The view's response was stored for replay. Extra: ``status``."""
+"""The view's response was stored for replay. Extra: ``status``.
+
+Inside a database transaction the DatabaseBackend stores it when the
+transaction commits (and not at all if it rolls back); the signal is sent
+when the store accepted it.
+"""
 
 replayed = Signal()
 """A stored response was replayed. Extra: ``record``."""

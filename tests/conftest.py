@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from asgiref.sync import sync_to_async
 from django.core.cache import caches
+from django.db import connections
 from django.test import override_settings
 
 from django_idempotency import conf
@@ -72,6 +76,19 @@ def _empty(backend: BaseBackend, case: BackendCase) -> None:
             backend.delete(record.storage_key)
         if cursor is None:
             return
+
+
+@pytest.fixture(autouse=True)
+def _close_async_thread_connections(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Close the connections async tests opened in asgiref's sync thread.
+
+    ``sync_to_async`` runs ORM calls in one long-lived worker thread whose
+    connections Django never closes; left open they keep PostgreSQL from
+    dropping the test database at the end of the run.
+    """
+    yield
+    if inspect.iscoroutinefunction(getattr(request.node, "function", None)):
+        asyncio.run(sync_to_async(connections.close_all)())
 
 
 def pytest_configure(config: pytest.Config) -> None:
