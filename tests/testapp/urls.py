@@ -8,6 +8,7 @@ from tests.testapp import views
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("create/", views.create),
+    path("slow-first-time/", views.slow_first_time),
     path("status/<int:code>/", views.status),
     path("binary/", views.binary),
     path("explode/", views.explode),

@@ -43,6 +43,18 @@ def create(request: HttpRequest) -> HttpResponse:
     return _created(effect)
 
 
+def slow_first_time(request: HttpRequest) -> HttpResponse:
+    """Like ``create``, but sleeps only during its first execution.
+
+    The crash test's worker dies in that sleep; the identical retry that
+    takes the claim over then runs quickly.
+    """
+    effect = _record(request, "create")
+    if SideEffect.objects.filter(label="create").count() == 1:
+        time.sleep(float(request.GET.get("sleep", "0")))
+    return _created(effect)
+
+
 def status(request: HttpRequest, code: int) -> HttpResponse:
     """Creates a row, then answers with the status in the URL."""
     effect = _record(request, f"status-{code}")
