@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 SECRET_KEY = "benchmarks"
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
@@ -12,13 +14,31 @@ INSTALLED_APPS = [
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
+    "django.contrib.messages",
     "django_idempotency",
     "tests.testapp",
 ]
+
+# "default": the MIDDLEWARE of a new `django-admin startproject`, which is
+# what the ratios are quoted for; "minimal": sessions and authentication only,
+# the harshest baseline (less work per request, so our share looks larger).
+MIDDLEWARE_STACKS = {
+    "default": [
+        "django.middleware.security.SecurityMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    ],
+    "minimal": [
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+    ],
+}
 MIDDLEWARE = [
-    "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    *MIDDLEWARE_STACKS[os.environ.get("BENCH_STACK", "default")],
     "django_idempotency.middleware.IdempotencyMiddleware",
 ]
 # In memory: a file database would add an fsync per request to every kind and

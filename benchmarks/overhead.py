@@ -1,7 +1,9 @@
 """Overhead of the middleware per request, as ratios measured in one run.
 
 Three kinds of request go through Django's test client against the same
-view (insert a row, answer 201 JSON) with the memory backend:
+view (insert a row, answer 201 JSON) with the memory backend, in a project
+with the middleware of a new ``startproject`` (``--stack minimal``: sessions
+and authentication only):
 
 * ``unguarded``: the view exempted from the middleware (the baseline);
 * ``first``: guarded, a new key each time (claim, run, complete);
@@ -33,7 +35,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=30)
     parser.add_argument("--requests", type=int, default=200, help="per kind per round")
+    parser.add_argument(
+        "--stack",
+        choices=["default", "minimal"],
+        default="default",
+        help="middleware around ours: startproject's (default) or sessions+auth only",
+    )
     args = parser.parse_args()
+    os.environ["BENCH_STACK"] = args.stack
 
     import django
 
@@ -74,7 +83,10 @@ def main() -> None:
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
     base = medians["unguarded"]
-    print(f"Django test client, memory backend, {args.rounds} rounds x {args.requests} requests")
+    print(
+        f"Django test client, memory backend, {args.stack} middleware stack, "
+        f"{args.rounds} rounds x {args.requests} requests"
+    )
     print(f"{'kind':<12}{'median µs/request':>20}{'ratio to unguarded':>22}")
     for name in names:
         print(f"{name:<12}{medians[name]:>20.1f}{medians[name] / base:>22.2f}x")

@@ -75,6 +75,7 @@ class Policy:
     required: bool
     ttl: int
     lock_ttl: int
+    retryable_statuses: frozenset[int]
 
 
 _lock = threading.Lock()
@@ -128,6 +129,7 @@ def resolve_policy(
         required=config.required if required is None else required,
         ttl=config.ttl if ttl is None else ttl,
         lock_ttl=config.lock_ttl if lock_ttl is None else lock_ttl,
+        retryable_statuses=config.retryable_statuses,
     )
 
 

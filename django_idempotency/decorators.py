@@ -28,7 +28,7 @@ from django_idempotency.conf import (
     validate_methods,
     validate_seconds,
 )
-from django_idempotency.middleware import EXEMPT_ATTRIBUTE, POLICY_ATTRIBUTE
+from django_idempotency.middleware import HANDLED_ATTRIBUTE
 
 View = TypeVar("View", bound=Callable[..., Any])
 
@@ -90,7 +90,7 @@ def idempotent_exempt(view: View) -> View:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             return view(*args, **kwargs)
 
-    setattr(wrapper, EXEMPT_ATTRIBUTE, True)
+    setattr(wrapper, HANDLED_ATTRIBUTE, True)
     return wrapper  # type: ignore[no-any-return]
 
 
@@ -166,5 +166,5 @@ def _guard(view: Callable[..., Any], overrides: dict[str, Any]) -> Callable[...,
                 raise
             return engine.finish(decision, response)
 
-    setattr(wrapper, POLICY_ATTRIBUTE, overrides)
+    setattr(wrapper, HANDLED_ATTRIBUTE, True)
     return wrapper  # type: ignore[no-any-return]

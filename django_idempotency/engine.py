@@ -37,6 +37,8 @@ from django_idempotency.records import Claim, ClaimOutcome, ClaimResult, State, 
 logger = logging.getLogger("django_idempotency")
 
 REPLAYED_HEADER = "Idempotent-Replayed"
+AUTO_KEY = "\x00auto"
+"""Sentinel key of a keyless request under ``AUTO_KEY`` (no real key holds a NUL)."""
 ANONYMOUS_SCOPE = "anonymous"
 UNSTORED_HEADERS = frozenset(
     {
@@ -76,55 +78,60 @@ Decision = HttpResponseBase | Guard | None
 def begin(request: HttpRequest, policy: Policy) -> Decision:
     """Decide what to do with a request before its view runs (sync)."""
     config = get_settings()
-    if not _is_guarded(request, policy):
-        return None
-    prepared = _prepare(request, config, policy, _scope(request, config))
-    if not isinstance(prepared, Claim):
-        return prepared
+    key = _read_key(request, config, policy)
+    if not isinstance(key, str):
+        return key
+    claim = _claim_for(request, policy, _scope(request, config), key)
     backend = get_backend()
     try:
-        result = backend.claim(prepared)
+        result = backend.claim(claim)
     except StorageError as error:
-        return _claim_failed(request, config, backend, prepared, error)
-    return _decide(request, policy, backend, prepared, result)
+        return _claim_failed(request, config, backend, claim, error)
+    return _decide(request, policy, backend, claim, result)
 
 
 async def abegin(request: HttpRequest, policy: Policy) -> Decision:
     """Decide what to do with a request before its view runs (async)."""
     config = get_settings()
-    if not _is_guarded(request, policy):
-        return None
-    prepared = _prepare(request, config, policy, await _ascope(request, config))
-    if not isinstance(prepared, Claim):
-        return prepared
+    key = _read_key(request, config, policy)
+    if not isinstance(key, str):
+        return key
+    claim = _claim_for(request, policy, await _ascope(request, config), key)
     backend = get_backend()
     try:
-        result = await backend.aclaim(prepared)
+        result = await backend.aclaim(claim)
     except StorageError as error:
-        return _claim_failed(request, config, backend, prepared, error)
-    return _decide(request, policy, backend, prepared, result)
+        return _claim_failed(request, config, backend, claim, error)
+    return _decide(request, policy, backend, claim, result)
 
 
-def _is_guarded(request: HttpRequest, policy: Policy) -> bool:
-    return request.method in policy.methods
+def _read_key(
+    request: HttpRequest, config: IdempotencySettings, policy: Policy
+) -> str | HttpResponseBase | None:
+    """The request's key, a 400, or None when the request passes unguarded.
 
-
-def _prepare(
-    request: HttpRequest, config: IdempotencySettings, policy: Policy, scope: str | None
-) -> HttpResponseBase | Claim | None:
-    """The claim to make, a 400, or None when the request passes unguarded."""
+    Checked before anything costlier (the user, the body): a malformed or
+    missing key is answered without touching the session or the store.
+    """
+    if request.method not in policy.methods:
+        return None
     raw_key = request.META.get(config.meta_key)
-    if scope is None:  # no key sent, and none needed: the scope was not computed
+    if raw_key is None:
+        if config.auto_key:
+            return AUTO_KEY
         return problems.key_missing(config.header) if policy.required else None
+    try:
+        return parse_key(raw_key, config.max_key_length)
+    except InvalidKey as error:
+        return problems.key_invalid(config.header, error.reason)
+
+
+def _claim_for(request: HttpRequest, policy: Policy, scope: str, key: str) -> Claim:
+    """The claim this request makes; AUTO_KEY requests are keyed by their fingerprint."""
     full_path = request.get_full_path()
     fingerprint = request_fingerprint(request, scope, full_path)
-    if raw_key is None:
+    if key is AUTO_KEY:
         key = "auto:" + fingerprint
-    else:
-        try:
-            key = parse_key(raw_key, config.max_key_length)
-        except InvalidKey as error:
-            return problems.key_invalid(config.header, error.reason)
     return Claim(
         storage_key=storage_key(scope, key),
         key=key,
@@ -137,14 +144,7 @@ def _prepare(
     )
 
 
-def _needs_scope(request: HttpRequest, config: IdempotencySettings) -> bool:
-    """A keyless request without AUTO_KEY never touches the store (nor the user)."""
-    return config.meta_key in request.META or config.auto_key
-
-
-def _scope(request: HttpRequest, config: IdempotencySettings) -> str | None:
-    if not _needs_scope(request, config):
-        return None
+def _scope(request: HttpRequest, config: IdempotencySettings) -> str:
     if config.scope is None:
         return ""
     if config.scope == "user":
@@ -152,9 +152,7 @@ def _scope(request: HttpRequest, config: IdempotencySettings) -> str | None:
     return _custom_scope(request, config.scope(request))
 
 
-async def _ascope(request: HttpRequest, config: IdempotencySettings) -> str | None:
-    if not _needs_scope(request, config):
-        return None
+async def _ascope(request: HttpRequest, config: IdempotencySettings) -> str:
     if config.scope is None:
         return ""
     if config.scope == "user":
@@ -267,7 +265,7 @@ def _claim_failed(
 
 def finish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
     """Store the view's response for replay, or release the claim (sync)."""
-    reason = _release_reason(response)
+    reason = _release_reason(response, guard.policy)
     claim = guard.claim
     try:
         if reason is None:
@@ -285,7 +283,7 @@ def finish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
 
 async def afinish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
     """Store the view's response for replay, or release the claim (async)."""
-    reason = _release_reason(response)
+    reason = _release_reason(response, guard.policy)
     claim = guard.claim
     try:
         if reason is None:
@@ -321,13 +319,13 @@ async def aabort(guard: Guard) -> None:
         _released(guard, "exception", released)
 
 
-def _release_reason(response: HttpResponseBase) -> str | None:
+def _release_reason(response: HttpResponseBase, policy: Policy) -> str | None:
     """Why the response must not be stored, or None to store it."""
     if response.streaming:
         return "streaming response"
     if response.status_code >= 500:
         return f"status {response.status_code}"
-    if response.status_code in get_settings().retryable_statuses:
+    if response.status_code in policy.retryable_statuses:
         return f"status {response.status_code}"
     return None
 
@@ -389,10 +387,10 @@ def _finish_failed(guard: Guard, reason: str | None, error: StorageError) -> Non
 def stored_response(response: HttpResponseBase) -> StoredResponse:
     """What is kept of a response: status, replayable headers, body bytes."""
     assert isinstance(response, HttpResponse)  # streaming responses are never stored
-    headers = tuple(
+    headers = [
         (name, value) for name, value in response.items() if name.lower() not in UNSTORED_HEADERS
-    )
-    return StoredResponse(status=response.status_code, headers=headers, body=response.content)
+    ]
+    return StoredResponse(response.status_code, tuple(headers), response.content)
 
 
 def replay_response(stored: StoredResponse) -> HttpResponse:
@@ -418,6 +416,8 @@ def _emit(
     **extra: Any,
 ) -> None:
     """Log one line and send one signal for one event; never the raw key."""
+    if not signal.receivers and not logger.isEnabledFor(level):
+        return  # the common case on the hot path: nobody listens
     if logger.isEnabledFor(level):  # the hot path skips formatting when nobody listens
         logger.log(
             level,

@@ -24,17 +24,16 @@ from django_idempotency import engine
 from django_idempotency.conf import get_settings
 
 GUARD_ATTRIBUTE = "_idempotency_guard"
-POLICY_ATTRIBUTE = "idempotency_policy"
-"""Set by ``@idempotent`` on the views it guards itself."""
-EXEMPT_ATTRIBUTE = "idempotency_exempt"
-"""Set by ``@idempotent_exempt``."""
+HANDLED_ATTRIBUTE = "idempotency_handled"
+"""Set on a view by ``@idempotent`` (which guards it itself) and by
+``@idempotent_exempt``: either way the middleware leaves the view alone."""
 
 ViewFunction = Callable[..., Any]
 
 
 def handled_elsewhere(view_func: ViewFunction) -> bool:
     """Whether the view is exempt or guarded by its own decorator."""
-    return getattr(view_func, EXEMPT_ATTRIBUTE, False) or hasattr(view_func, POLICY_ATTRIBUTE)
+    return getattr(view_func, HANDLED_ATTRIBUTE, False)
 
 
 class IdempotencyMiddleware:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
@@ -494,3 +495,19 @@ def test_storage_outage_after_the_view_ran_still_returns_its_response(
     assert executions() == 1
     assert "storage error on complete" in caplog.text
     assert "key-1" not in caplog.text  # raw keys are never logged
+
+
+def test_auth_middleware_rejection_uses_up_no_key(
+    backend_case: BackendCase, client: Client, settings: Any, idempotency_backend: BaseBackend
+) -> None:
+    settings.MIDDLEWARE = [
+        *settings.MIDDLEWARE[:-1],
+        "django.contrib.auth.middleware.LoginRequiredMiddleware",
+        "django_idempotency.middleware.IdempotencyMiddleware",
+    ]
+
+    rejected = post(client)
+
+    assert rejected.status_code == 302  # to the login page
+    assert idempotency_backend.get(storage_key("anonymous", "key-1")) is None
+    assert executions() == 0
