@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
@@ -59,8 +58,7 @@ UNSTORED_HEADERS = frozenset(
 hop-by-hop headers to one connection."""
 
 
-@dataclass(frozen=True)
-class Guard:
+class Guard(NamedTuple):
     """A claim this request owns: the view must run, then finish or abort."""
 
     claim: Claim

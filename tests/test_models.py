@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -67,7 +66,7 @@ def test_completed_record_round_trips_through_a_row(use_tz: bool) -> None:
     assert [getattr(back, name) for name in times] == pytest.approx(
         [getattr(record, name) for name in times], abs=1e-6
     )
-    assert replace(back, **{name: getattr(record, name) for name in times}) == record
+    assert back._replace(**{name: getattr(record, name) for name in times}) == record
     assert row.response_headers == [["Location", "/orders/42/"]]
 
 
