@@ -15,7 +15,16 @@ def create(request: HttpRequest) -> HttpResponse:
     return JsonResponse({"id": effect.pk, "label": effect.label}, status=201)
 
 
+def create_as_user(request: HttpRequest) -> HttpResponse:
+    """The same view as an authenticated API's: it looks at ``request.user``."""
+    label = f"bench-{request.user.pk}" if request.user.is_authenticated else "bench-anonymous"
+    effect = SideEffect.objects.create(label=label, payload=request.body.decode())
+    return JsonResponse({"id": effect.pk, "label": effect.label}, status=201)
+
+
 urlpatterns = [
-    path("guarded/", create),
-    path("unguarded/", idempotent_exempt(create)),
+    path("plain/guarded/", create),
+    path("plain/unguarded/", idempotent_exempt(create)),
+    path("user/guarded/", create_as_user),
+    path("user/unguarded/", idempotent_exempt(create_as_user)),
 ]

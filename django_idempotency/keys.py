@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-PRINTABLE_ASCII = frozenset(chr(code) for code in range(0x20, 0x7F))
-
 
 @dataclass(frozen=True)
 class InvalidKey(Exception):
@@ -46,7 +44,7 @@ def parse_key(raw: str, max_length: int) -> str:
         raise InvalidKey("The key is empty.")
     if len(key) > max_length:
         raise InvalidKey(f"The key is {len(key)} characters long; the limit is {max_length}.")
-    if not PRINTABLE_ASCII.issuperset(key):
+    if not (key.isascii() and key.isprintable()):  # exactly 0x20 to 0x7E
         raise InvalidKey("The key must be printable ASCII (characters 0x20 to 0x7E).")
     return key
 
