@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from django.http import HttpResponse, JsonResponse
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.test import RequestFactory, override_settings
 
+from django_idempotency import engine
+from django_idempotency.conf import get_settings
 from django_idempotency.engine import REPLAYED_HEADER, replay_response, stored_response
 
 
@@ -46,3 +51,42 @@ def test_replay_without_content_type_adds_none() -> None:
     replay = replay_response(stored_response(original))
 
     assert "Content-Type" not in replay
+
+
+def _keyed_request() -> HttpRequest:
+    request = RequestFactory().post("/create/", b"{}", content_type="application/json")
+    request.META["HTTP_IDEMPOTENCY_KEY"] = "k"
+    return request
+
+
+MEMORY = {"BACKEND": "django_idempotency.backends.memory.MemoryBackend"}
+
+
+@override_settings(IDEMPOTENCY={**MEMORY, "SCOPE": "tests.testapp.scopes.not_a_string"})
+def test_scope_callable_returning_a_non_string_is_improperly_configured() -> None:
+    with pytest.raises(ImproperlyConfigured, match="must return a str; it returned 42"):
+        engine.begin(_keyed_request(), get_settings().policy)
+
+
+@override_settings(IDEMPOTENCY=MEMORY)
+def test_user_scope_without_authentication_middleware_names_the_fix() -> None:
+    with pytest.raises(ImproperlyConfigured, match="after 'django.contrib.auth.middleware"):
+        engine.begin(_keyed_request(), get_settings().policy)
+
+
+@override_settings(IDEMPOTENCY=MEMORY)
+async def test_async_user_scope_without_authentication_middleware_names_the_fix() -> None:
+    with pytest.raises(ImproperlyConfigured, match="after 'django.contrib.auth.middleware"):
+        await engine.abegin(_keyed_request(), get_settings().policy)
+
+
+@override_settings(IDEMPOTENCY={**MEMORY, "SCOPE": "tests.testapp.scopes.by_tenant"})
+async def test_async_scope_callable_is_called_in_a_thread() -> None:
+    request = _keyed_request()
+    request.META["HTTP_X_TENANT"] = "acme"
+
+    guard = await engine.abegin(request, get_settings().policy)
+
+    assert isinstance(guard, engine.Guard)
+    assert guard.claim.scope == "tenant:acme"
+    await engine.aabort(guard)
