@@ -70,13 +70,13 @@ def test_scope_callable_returning_a_non_string_is_improperly_configured() -> Non
 
 @override_settings(IDEMPOTENCY=MEMORY)
 def test_user_scope_without_authentication_middleware_names_the_fix() -> None:
-    with pytest.raises(ImproperlyConfigured, match="after 'django.contrib.auth.middleware"):
+    with pytest.raises(ImproperlyConfigured, match=r"after 'django\.contrib\.auth\.middleware"):
         engine.begin(_keyed_request(), get_settings().policy)
 
 
 @override_settings(IDEMPOTENCY=MEMORY)
 async def test_async_user_scope_without_authentication_middleware_names_the_fix() -> None:
-    with pytest.raises(ImproperlyConfigured, match="after 'django.contrib.auth.middleware"):
+    with pytest.raises(ImproperlyConfigured, match=r"after 'django\.contrib\.auth\.middleware"):
         await engine.abegin(_keyed_request(), get_settings().policy)
 
 
