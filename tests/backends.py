@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.services import MARIADB, POSTGRES, REDIS, Service
+from tests.services import MARIADB, POSTGRES, REDIS, REDIS_URL, Service
+from tests.settings import RUN_ID
 
 DB = "django_idempotency.backends.db.DatabaseBackend"
 CACHE = "django_idempotency.backends.cache.CacheBackend"
@@ -46,3 +47,11 @@ CASES = [
     BackendCase("redis", REDIS_NATIVE, {"CACHE": "redis"}, REDIS),
 ]
 CASES_BY_ID = {case.id: case for case in CASES}
+
+REDIS_URL_CASE = BackendCase(
+    "redis-url",
+    REDIS_NATIVE,
+    {"URL": REDIS_URL, "KEY_PREFIX": f"idempotency-test-{RUN_ID}-url:"},
+    REDIS,
+)
+"""RedisBackend on a connection pool of its own; not in CASES, the backend tests add it."""

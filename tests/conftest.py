@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -15,8 +15,12 @@ from django.test import override_settings
 
 from django_idempotency import conf
 from django_idempotency.backends.base import BaseBackend
+from django_idempotency.records import Claim
 from tests.backends import CASES, BackendCase
 from tests.services import IN_CI, Service, is_up, unavailable_reason
+from tests.storage import make_claim
+
+NewClaim = Callable[..., Claim]
 
 
 def require_service(service: Service | None) -> None:
@@ -46,6 +50,25 @@ def backend_case(request: pytest.FixtureRequest) -> Iterator[BackendCase]:
 def idempotency_backend(backend_case: BackendCase) -> BaseBackend:
     """The backend instance the engine uses for the current case."""
     return conf.get_backend()
+
+
+@pytest.fixture
+def new_claim(idempotency_backend: BaseBackend) -> Iterator[NewClaim]:
+    """Makes claims like :func:`tests.storage.make_claim` and deletes their keys afterwards.
+
+    Each key is deleted whatever it holds by then: ``backend_case`` cleans up
+    by listing records, which a foreign value a test wrote would break.
+    """
+    storage_keys: list[str] = []
+
+    def make(storage_key: str | None = None, lease: int = 60) -> Claim:
+        claim = make_claim(storage_key, lease)
+        storage_keys.append(claim.storage_key)
+        return claim
+
+    yield make
+    for storage_key in set(storage_keys):
+        idempotency_backend.delete(storage_key)
 
 
 @pytest.fixture

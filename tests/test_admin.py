@@ -55,6 +55,7 @@ else:
     from django.http import HttpResponse as Response
 
 TestFunction = TypeVar("TestFunction", bound=Callable[..., Any])
+BeforeRelease = Callable[[Callable[[str, str], object]], None]
 
 
 def on_cases(cases: list[BackendCase], **db: Any) -> Callable[[TestFunction], TestFunction]:
@@ -87,6 +88,27 @@ def utc() -> Iterator[None]:
 
 
 # -- helpers --------------------------------------------------------------------
+
+
+@pytest.fixture
+def before_release(
+    idempotency_backend: BaseBackend, monkeypatch: pytest.MonkeyPatch
+) -> BeforeRelease:
+    """Installs ``hook(storage_key, owner_token)``, run before each release of the backend.
+
+    The hook sees what the admin releases; it can change the record first (a
+    worker completing in between) or raise (the store failing).
+    """
+    release = idempotency_backend.release
+
+    def install(hook: Callable[[str, str], object]) -> None:
+        def hooked(storage_key: str, owner_token: str) -> bool:
+            hook(storage_key, owner_token)
+            return release(storage_key, owner_token)
+
+        monkeypatch.setattr(idempotency_backend, "release", hooked)
+
+    return install
 
 
 def make_row(case: BackendCase, **values: Any) -> IdempotencyRecord:
@@ -471,17 +493,15 @@ def test_release_never_deletes_a_record_completed_meanwhile(
     admin_client: Client,
     backend_case: BackendCase,
     idempotency_backend: BaseBackend,
-    monkeypatch: pytest.MonkeyPatch,
+    before_release: BeforeRelease,
 ) -> None:
     row = make_row(backend_case, state=State.IN_PROGRESS.value)
-    release = idempotency_backend.release
 
-    def complete_first(key: str, owner_token: str) -> bool:
+    def complete_first(key: str, owner_token: str) -> None:
         # The stuck worker finishes between the admin's read and its release.
         assert idempotency_backend.complete(key, owner_token, JSON_RESPONSE, ttl=60)
-        return release(key, owner_token)
 
-    monkeypatch.setattr(idempotency_backend, "release", complete_first)
+    before_release(complete_first)
 
     response = action(admin_client, "release_claims", [row], post="yes")
 
@@ -495,21 +515,12 @@ def test_release_never_deletes_a_record_completed_meanwhile(
 
 @over_db_cases
 def test_release_passes_each_rows_own_owner_token(
-    admin_client: Client,
-    backend_case: BackendCase,
-    idempotency_backend: BaseBackend,
-    monkeypatch: pytest.MonkeyPatch,
+    admin_client: Client, backend_case: BackendCase, before_release: BeforeRelease
 ) -> None:
     first = make_row(backend_case, state=State.IN_PROGRESS.value)
     second = make_row(backend_case, state=State.IN_PROGRESS.value)
     calls: list[tuple[str, str]] = []
-    release = idempotency_backend.release
-
-    def spy(key: str, owner_token: str) -> bool:
-        calls.append((key, owner_token))
-        return release(key, owner_token)
-
-    monkeypatch.setattr(idempotency_backend, "release", spy)
+    before_release(lambda key, owner_token: calls.append((key, owner_token)))
 
     action(admin_client, "release_claims", [first, second], post="yes")
 
@@ -521,17 +532,14 @@ def test_release_passes_each_rows_own_owner_token(
 
 @on_cases(DB_CASES[:1], transaction=True, databases="__all__")
 def test_release_reports_a_storage_error(
-    admin_client: Client,
-    backend_case: BackendCase,
-    idempotency_backend: BaseBackend,
-    monkeypatch: pytest.MonkeyPatch,
+    admin_client: Client, backend_case: BackendCase, before_release: BeforeRelease
 ) -> None:
     row = make_row(backend_case, state=State.IN_PROGRESS.value)
 
-    def fail(key: str, owner_token: str) -> bool:
+    def fail(key: str, owner_token: str) -> None:
         raise StorageError("database is locked")
 
-    monkeypatch.setattr(idempotency_backend, "release", fail)
+    before_release(fail)
 
     response = action(admin_client, "release_claims", [row], post="yes")
 

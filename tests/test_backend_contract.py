@@ -1,43 +1,29 @@
 """The BaseBackend contract, method by method, on every backend.
 
 A custom backend can run this module against itself: it only uses the
-documented methods and the ``idempotency_backend`` fixture.
+documented methods and the ``idempotency_backend`` fixture. Besides the
+suite's cases it runs on RedisBackend over a connection pool of its own.
 """
 
 from __future__ import annotations
 
-import secrets
-import threading
 import time
 
 import pytest
 
 from django_idempotency.backends.base import BaseBackend
-from django_idempotency.records import Claim, ClaimOutcome, State, StoredResponse
-from tests.backends import BackendCase
+from django_idempotency.records import ClaimOutcome, State, StoredResponse
+from tests.backends import CASES, REDIS_URL_CASE, BackendCase
+from tests.storage import RESPONSE, in_threads, make_claim, scanned_keys
 
-pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
+CONTRACT_CASES = [*CASES, REDIS_URL_CASE]
 
-RESPONSE = StoredResponse(
-    status=201,
-    headers=(("Content-Type", "application/json"), ("Location", "/payments/1/")),
-    body=b'{"id": 1}',
-)
-
-
-def make_claim(
-    storage_key: str | None = None, lease: int = 60, fingerprint: str = "f" * 64
-) -> Claim:
-    return Claim(
-        storage_key=storage_key or secrets.token_hex(32),
-        key="client-key",
-        scope="user:1",
-        fingerprint=fingerprint,
-        method="POST",
-        path="/payments/?currency=EUR",
-        owner_token=secrets.token_hex(16),
-        lease_seconds=lease,
-    )
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases="__all__"),
+    pytest.mark.parametrize(
+        "backend_case", CONTRACT_CASES, indirect=True, ids=[case.id for case in CONTRACT_CASES]
+    ),
+]
 
 
 def test_claim_creates_an_in_progress_record(idempotency_backend: BaseBackend) -> None:
@@ -58,8 +44,10 @@ def test_claim_creates_an_in_progress_record(idempotency_backend: BaseBackend) -
         claim.path,
         claim.fingerprint,
     )
+    assert record.response is None
     assert record.is_live(time.time())
     assert record.expires_at == pytest.approx(time.time() + 60, abs=5)
+    assert record.expires_at == pytest.approx(record.created_at + 60, abs=1e-3)
 
 
 def test_second_claim_returns_the_live_record_and_writes_nothing(
@@ -67,6 +55,7 @@ def test_second_claim_returns_the_live_record_and_writes_nothing(
 ) -> None:
     first = make_claim()
     idempotency_backend.claim(first)
+    stored = idempotency_backend.get(first.storage_key)
     second = make_claim(first.storage_key, fingerprint="0" * 64)
 
     result = idempotency_backend.claim(second)
@@ -75,6 +64,9 @@ def test_second_claim_returns_the_live_record_and_writes_nothing(
     assert not result.claimed
     assert result.record.owner_token == first.owner_token
     assert result.record.fingerprint == first.fingerprint
+    assert result.record.state is State.IN_PROGRESS
+    assert result.record == stored
+    assert idempotency_backend.get(first.storage_key) == stored
 
 
 def test_complete_stores_the_response_for_replay(idempotency_backend: BaseBackend) -> None:
@@ -88,14 +80,24 @@ def test_complete_stores_the_response_for_replay(idempotency_backend: BaseBacken
     assert result.record.state is State.COMPLETED
     assert result.record.response == RESPONSE
     assert result.record.completed_at is not None
+    assert result.record.completed_at == pytest.approx(time.time(), abs=5)
     assert result.record.expires_at == pytest.approx(time.time() + 300, abs=5)
+    assert result.record.expires_at == pytest.approx(result.record.completed_at + 300, abs=1e-3)
 
 
-def test_binary_body_survives_the_round_trip(idempotency_backend: BaseBackend) -> None:
+def test_every_byte_value_and_unicode_headers_survive_the_round_trip(
+    idempotency_backend: BaseBackend,
+) -> None:
     claim = make_claim()
     idempotency_backend.claim(claim)
-    body = bytes(range(256)) * 3
-    response = StoredResponse(200, (("Content-Type", "application/octet-stream"),), body)
+    body = bytes(range(256)) * 4
+    headers = (
+        ("Content-Type", "application/octet-stream"),
+        ("X-Name", "Zoë ✓"),
+        ("X-Odd", 'a, "b"; c=\\d'),
+        ("X-Empty", ""),
+    )
+    response = StoredResponse(200, headers, body)
 
     idempotency_backend.complete(claim.storage_key, claim.owner_token, response, ttl=60)
 
@@ -103,6 +105,7 @@ def test_binary_body_survives_the_round_trip(idempotency_backend: BaseBackend) -
     assert record is not None
     assert record.response is not None
     assert record.response.body == body
+    assert record.response == response
 
 
 def test_complete_and_release_need_the_owner_token(idempotency_backend: BaseBackend) -> None:
@@ -114,6 +117,7 @@ def test_complete_and_release_need_the_owner_token(idempotency_backend: BaseBack
     record = idempotency_backend.get(claim.storage_key)
     assert record is not None
     assert record.state is State.IN_PROGRESS
+    assert idempotency_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, ttl=60)
 
 
 def test_release_deletes_the_claim_so_a_retry_claims_again(
@@ -122,9 +126,11 @@ def test_release_deletes_the_claim_so_a_retry_claims_again(
     claim = make_claim()
     idempotency_backend.claim(claim)
 
+    assert not idempotency_backend.release(claim.storage_key, "not-the-owner")
     assert idempotency_backend.release(claim.storage_key, claim.owner_token)
 
     assert idempotency_backend.get(claim.storage_key) is None
+    assert not idempotency_backend.release(claim.storage_key, claim.owner_token)
     assert idempotency_backend.claim(make_claim(claim.storage_key)).claimed
 
 
@@ -163,6 +169,9 @@ def test_expired_lease_is_taken_over_and_stale_owner_is_locked_out(
     assert result.outcome in expected
     assert not idempotency_backend.complete(stale.storage_key, stale.owner_token, RESPONSE, 60)
     assert not idempotency_backend.release(stale.storage_key, stale.owner_token)
+    record = idempotency_backend.get(stale.storage_key)
+    assert record is not None
+    assert (record.owner_token, record.state) == (fresh.owner_token, State.IN_PROGRESS)
     assert idempotency_backend.complete(fresh.storage_key, fresh.owner_token, RESPONSE, 60)
 
 
@@ -175,8 +184,9 @@ def test_delete_removes_any_record(idempotency_backend: BaseBackend) -> None:
     assert idempotency_backend.get(claim.storage_key) is None
 
 
-def test_scan_lists_every_record_across_pages(
-    backend_case: BackendCase, idempotency_backend: BaseBackend
+@pytest.mark.parametrize("page_size", [1, 3, 100])
+def test_scan_lists_every_record_in_pages_of_at_most_count(
+    backend_case: BackendCase, idempotency_backend: BaseBackend, page_size: int
 ) -> None:
     if not idempotency_backend.supports_listing:
         pytest.skip(f"{backend_case.id} cannot list its records (supports_listing is False)")
@@ -184,59 +194,39 @@ def test_scan_lists_every_record_across_pages(
     for claim in claims:
         idempotency_backend.claim(claim)
 
-    seen: set[str] = set()
-    cursor: str | None = None
-    for _ in range(100):
-        page, cursor = idempotency_backend.scan(cursor, 3)
-        seen.update(record.storage_key for record in page)
-        if cursor is None:
-            break
+    seen = scanned_keys(idempotency_backend, page_size)
 
-    assert seen == {claim.storage_key for claim in claims}
+    assert set(seen) == {claim.storage_key for claim in claims}
 
 
 def test_purge_removes_dead_records_only(idempotency_backend: BaseBackend) -> None:
-    dead = make_claim(lease=1)
-    live = make_claim(lease=60)
-    idempotency_backend.claim(dead)
-    idempotency_backend.claim(live)
+    dead, done, live = make_claim(lease=1), make_claim(), make_claim(lease=60)
+    for claim in (dead, done, live):
+        idempotency_backend.claim(claim)
+    idempotency_backend.complete(done.storage_key, done.owner_token, RESPONSE, ttl=1)
     time.sleep(1.2)
 
     purged = sum(idempotency_backend.purge_expired(batch_size=10))
 
     assert idempotency_backend.get(live.storage_key) is not None
     if idempotency_backend.has_native_expiry:
-        assert purged == 0
+        assert purged == 0  # the store forgot the dead lease and the ended replay window
         assert idempotency_backend.count_expired() == 0
     else:
-        assert purged == 1
-        assert idempotency_backend.get(dead.storage_key) is None
+        assert purged == 2
+    assert idempotency_backend.get(dead.storage_key) is None
+    assert idempotency_backend.get(done.storage_key) is None
 
 
 def test_concurrent_claims_of_one_key_have_one_winner(idempotency_backend: BaseBackend) -> None:
-    from django.db import connections
+    claims = [make_claim()]
+    claims += [make_claim(claims[0].storage_key) for _ in range(31)]
 
-    storage_key = secrets.token_hex(32)
-    barrier = threading.Barrier(16)
-    outcomes: list[ClaimOutcome | BaseException] = []
+    results = in_threads(len(claims), lambda index: idempotency_backend.claim(claims[index]))
 
-    def claim() -> None:
-        try:
-            barrier.wait(timeout=10)
-            outcomes.append(idempotency_backend.claim(make_claim(storage_key)).outcome)
-        except BaseException as error:
-            outcomes.append(error)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=claim, daemon=True) for _ in range(16)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
-
+    outcomes = [result.outcome for result in results]
     assert outcomes.count(ClaimOutcome.CREATED) == 1, outcomes
-    assert outcomes.count(ClaimOutcome.EXISTING) == 15, outcomes
+    assert outcomes.count(ClaimOutcome.EXISTING) == 31, outcomes
 
 
 async def test_async_flavours_follow_the_same_contract(idempotency_backend: BaseBackend) -> None:
@@ -248,11 +238,15 @@ async def test_async_flavours_follow_the_same_contract(idempotency_backend: Base
     )
     assert not await idempotency_backend.acomplete(claim.storage_key, "other", RESPONSE, 60)
     assert await idempotency_backend.acomplete(claim.storage_key, claim.owner_token, RESPONSE, 60)
+    replay = await idempotency_backend.aclaim(make_claim(claim.storage_key))
+    assert replay.outcome is ClaimOutcome.EXISTING
+    assert replay.record.response == RESPONSE
     record = await idempotency_backend.aget(claim.storage_key)
     assert record is not None
     assert record.response == RESPONSE
     assert not await idempotency_backend.arelease(claim.storage_key, claim.owner_token)
     assert await idempotency_backend.adelete(claim.storage_key)
+    assert not await idempotency_backend.adelete(claim.storage_key)
 
     second = make_claim()
     await idempotency_backend.aclaim(second)

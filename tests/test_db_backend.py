@@ -1,8 +1,11 @@
 """DatabaseBackend against real SQLite, PostgreSQL and MariaDB databases.
 
 Every test that takes ``db_backend`` runs once per database case of
-``tests/backends.py``. The module also serves as a URLconf for the views that
-prove how the backend behaves inside the view's transaction.
+``tests/backends.py``. The contract (``test_backend_contract.py``) runs over
+the same cases; this module holds what only the database backend does: rows,
+queries, take-overs of dead rows, time zones, transactions. It also serves as
+a URLconf for the views that prove how the backend behaves inside the view's
+transaction.
 """
 
 from __future__ import annotations
@@ -10,7 +13,6 @@ from __future__ import annotations
 import logging
 import re
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -18,7 +20,6 @@ from datetime import datetime, timedelta, timezone
 from typing import Any, TypeVar
 
 import pytest
-from asgiref.sync import sync_to_async
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, Error, connections, transaction
@@ -42,8 +43,8 @@ from django_idempotency.records import (
     StoredResponse,
 )
 from tests.backends import CASES, DB, BackendCase
+from tests.storage import in_threads
 from tests.testapp.models import SideEffect
-from tests.testapp.views import BINARY_BODY
 
 DB_CASES = [case for case in CASES if case.backend == DB]
 TestFunction = TypeVar("TestFunction", bound=Callable[..., Any])
@@ -136,32 +137,6 @@ def make_row(backend: DatabaseBackend, claim: Claim, **fields: Any) -> Idempoten
 
 def row_of(backend: DatabaseBackend, claim: Claim) -> IdempotencyRecord:
     return IdempotencyRecord.objects.using(backend.alias).get(storage_key=claim.storage_key)
-
-
-def in_threads(count: int, work: Callable[[int], Any], timeout: float = 60) -> list[Any]:
-    """Run ``work(i)`` in ``count`` real threads started together; return their results."""
-    barrier = threading.Barrier(count)
-    results: list[Any] = [None] * count
-    errors: list[BaseException] = []
-
-    def run(index: int) -> None:
-        try:
-            barrier.wait(timeout)
-            results[index] = work(index)
-        except BaseException as error:
-            errors.append(error)
-        finally:
-            connections.close_all()
-
-    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(count)]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + timeout
-    for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
-    assert not any(thread.is_alive() for thread in threads), "threads did not finish in time"
-    assert not errors, errors
-    return results
 
 
 def seen_by_another_worker(key: str) -> Record | None:
@@ -297,20 +272,6 @@ def anonymous_post(key: str) -> HttpRequest:
 
 
 @over_db_cases
-def test_first_claim_creates_an_in_progress_record(db_backend: DatabaseBackend) -> None:
-    claim = make_claim()
-    result = db_backend.claim(claim)
-    assert result.outcome is ClaimOutcome.CREATED
-    stored = db_backend.get(claim.storage_key)
-    assert stored is not None
-    assert stored.state is State.IN_PROGRESS
-    assert stored.owner_token == claim.owner_token
-    assert (stored.key, stored.scope, stored.path) == ("key-1", "user:1", "/orders/?coupon=1")
-    assert stored.expires_at == pytest.approx(stored.created_at + 60, abs=1e-3)
-    assert stored.response is None
-
-
-@over_db_cases
 def test_claim_of_a_live_record_returns_it_and_writes_nothing(db_backend: DatabaseBackend) -> None:
     first = make_claim()
     db_backend.claim(first)
@@ -318,19 +279,6 @@ def test_claim_of_a_live_record_returns_it_and_writes_nothing(db_backend: Databa
     assert result.outcome is ClaimOutcome.EXISTING
     assert result.record.owner_token == first.owner_token
     assert row_of(db_backend, first).owner_token == first.owner_token
-
-
-@over_db_cases
-def test_completed_record_replays_stored_response(db_backend: DatabaseBackend) -> None:
-    claim = make_claim()
-    db_backend.claim(claim)
-    assert db_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, ttl=3600)
-    result = db_backend.claim(make_claim())
-    assert result.outcome is ClaimOutcome.EXISTING
-    assert result.record.state is State.COMPLETED
-    assert result.record.response == RESPONSE
-    assert result.record.completed_at is not None
-    assert result.record.expires_at == pytest.approx(result.record.completed_at + 3600, abs=1e-3)
 
 
 @over_db_cases
@@ -444,54 +392,7 @@ def test_stale_owner_can_neither_complete_nor_release_the_new_owners_record(
     assert db_backend.complete(new.storage_key, new.owner_token, RESPONSE, ttl=60)
 
 
-@over_db_cases
-def test_release_deletes_only_its_owners_in_progress_record(db_backend: DatabaseBackend) -> None:
-    claim = make_claim()
-    db_backend.claim(claim)
-    assert not db_backend.release(claim.storage_key, "someone-else")
-    assert db_backend.release(claim.storage_key, claim.owner_token)
-    assert db_backend.get(claim.storage_key) is None
-
-    db_backend.claim(claim)
-    db_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, ttl=60)
-    assert not db_backend.release(claim.storage_key, claim.owner_token)
-    assert db_backend.get(claim.storage_key) is not None
-
-
-@over_db_cases
-def test_delete_removes_a_record_whatever_its_owner(db_backend: DatabaseBackend) -> None:
-    claim = make_claim()
-    db_backend.claim(claim)
-    assert db_backend.delete(claim.storage_key)
-    assert not db_backend.delete(claim.storage_key)
-    assert db_backend.get(claim.storage_key) is None
-
-
 # -- what is stored -------------------------------------------------------------
-
-
-@over_db_cases
-def test_body_with_every_byte_value_round_trips(db_backend: DatabaseBackend) -> None:
-    claim = make_claim()
-    body = bytes(range(256)) * 3
-    response = StoredResponse(
-        status=200, headers=(("X-Odd", 'a, "b"; c=\\d'), ("X-Empty", "")), body=body
-    )
-    db_backend.claim(claim)
-    db_backend.complete(claim.storage_key, claim.owner_token, response, ttl=60)
-    stored = db_backend.get(claim.storage_key)
-    assert stored is not None
-    assert stored.response == response
-
-
-@over_db_cases
-def test_binary_view_is_replayed_byte_for_byte(db_backend: DatabaseBackend) -> None:
-    client = Client()
-    first = client.post("/binary/", data=b"x", content_type="text/plain", HTTP_IDEMPOTENCY_KEY="b")
-    again = client.post("/binary/", data=b"x", content_type="text/plain", HTTP_IDEMPOTENCY_KEY="b")
-    assert first.content == again.content == BINARY_BODY
-    assert again["Idempotent-Replayed"] == "true"
-    assert SideEffect.objects.filter(label="binary").count() == 1
 
 
 @over_db_cases
@@ -683,21 +584,6 @@ def test_concurrent_duplicates_run_a_slow_view_once_without_server_errors(
     assert late.status_code == 201
     assert late["Idempotent-Replayed"] == "true"
     assert SideEffect.objects.filter(label="create").count() == 1
-
-
-@over_db_cases
-async def test_async_flavours_claim_complete_and_replay(
-    db_backend: DatabaseBackend,
-) -> None:
-    claim = make_claim()
-    try:
-        assert (await db_backend.aclaim(claim)).outcome is ClaimOutcome.CREATED
-        assert await db_backend.acomplete(claim.storage_key, claim.owner_token, RESPONSE, 60)
-        replay = await db_backend.aclaim(make_claim())
-        assert replay.record.response == RESPONSE
-        assert await db_backend.adelete(claim.storage_key)
-    finally:
-        await sync_to_async(connections.close_all)()
 
 
 # -- configuration, outages and checks ----------------------------------------------

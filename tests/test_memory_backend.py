@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 from django_idempotency.backends.memory import MemoryBackend
 from django_idempotency.records import Claim, ClaimOutcome, StoredResponse
 
@@ -96,22 +94,3 @@ def test_scan_pages_through_every_record() -> None:
 
     assert [len(first), len(second), len(third)] == [3, 3, 1]
     assert cursor3 is None
-
-
-def test_claims_from_many_threads_are_exclusive() -> None:
-    backend = MemoryBackend()
-    barrier = threading.Barrier(32)
-    outcomes: list[ClaimOutcome] = []
-
-    def claim(index: int) -> None:
-        barrier.wait(timeout=10)
-        outcomes.append(backend.claim(make_claim("one", owner=str(index))).outcome)
-
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(32)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(10)
-
-    assert outcomes.count(ClaimOutcome.CREATED) == 1
-    assert outcomes.count(ClaimOutcome.EXISTING) == 31

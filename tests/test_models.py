@@ -71,20 +71,10 @@ def test_completed_record_round_trips_through_a_row(use_tz: bool) -> None:
 
 
 def test_in_progress_row_has_no_response() -> None:
-    row = IdempotencyRecord.from_record(
-        Record(
-            storage_key="b" * 64,
-            key="k",
-            scope="",
-            fingerprint="f" * 64,
-            method="PATCH",
-            path="/x/",
-            state=State.IN_PROGRESS,
-            owner_token="t",
-            created_at=EPOCH,
-            expires_at=EPOCH + 60,
-        )
+    in_progress = completed_record()._replace(
+        state=State.IN_PROGRESS, expires_at=EPOCH + 60, completed_at=None, response=None
     )
+    row = IdempotencyRecord.from_record(in_progress)
     assert (row.response_status, row.response_headers, row.response_body) == (None, [], None)
     assert row.to_record().response is None
 
