@@ -23,6 +23,7 @@ import pytest
 from django.contrib.auth.models import AnonymousUser
 from django.core.exceptions import ImproperlyConfigured
 from django.db import DEFAULT_DB_ALIAS, Error, connections, transaction
+from django.db.migrations.recorder import MigrationRecorder
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.test import Client, RequestFactory, override_settings
 from django.test.utils import CaptureQueriesContext
@@ -643,9 +644,12 @@ def test_missing_table_is_a_storage_error_and_warning_w020(tmp_path: Any) -> Non
         with pytest.raises(StorageError) as raised:
             backend.claim(make_claim())
         assert isinstance(raised.value.__cause__, Error)
+        never_migrated = backend.check(databases=["empty"])
+        MigrationRecorder(connections["empty"]).ensure_schema()  # migrated, without this app
         messages = backend.check(databases=["empty"])
         assert backend.check(databases=None) == []
         assert backend.check(databases=[DEFAULT_DB_ALIAS]) == []
+    assert never_migrated == []  # the first ``migrate`` runs the checks before migrating
     assert [message.id for message in messages] == ["django_idempotency.W020"]
     assert "migrate django_idempotency --database empty" in str(messages[0].hint)
 

@@ -247,7 +247,10 @@ class DatabaseBackend(BaseBackend):
                     id="django_idempotency.W021",
                 )
             ]
-        if _model()._meta.db_table in tables:
+        if _model()._meta.db_table in tables or "django_migrations" not in tables:
+            # A database never migrated is about to be (this check also runs at the
+            # start of the first ``migrate``), and Django already lists its unapplied
+            # migrations; the warning is for a project that migrated without this app.
             return []
         return [
             checks.Warning(
