@@ -75,6 +75,13 @@ class Record(NamedTuple):
         """Whether the record still counts: a live record cannot be claimed."""
         return now < self.expires_at
 
+    def is_claim_of(self, owner_token: str) -> bool:
+        """Whether this is ``owner_token``'s own claim, still in progress.
+
+        A claim that meets it was retried (its reply was lost), not refused.
+        """
+        return self.state is State.IN_PROGRESS and self.owner_token == owner_token
+
     def completed(self, response: StoredResponse, now: float, ttl: int) -> Record:
         """This record, completed with ``response`` and replayable for ``ttl`` seconds."""
         return Record(
@@ -125,6 +132,12 @@ class ClaimResult(NamedTuple):
 
     outcome: ClaimOutcome
     record: Record
+
+    @classmethod
+    def of_live(cls, record: Record, owner_token: str) -> ClaimResult:
+        """The answer to a claim that found ``record`` live: refused, or its own retry."""
+        mine = record.is_claim_of(owner_token)
+        return cls(ClaimOutcome.CREATED if mine else ClaimOutcome.EXISTING, record)
 
     @property
     def claimed(self) -> bool:

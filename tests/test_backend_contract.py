@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from asgiref.sync import async_to_sync
 
 from django_idempotency.backends.base import BaseBackend
 from django_idempotency.records import ClaimOutcome, State, StoredResponse
@@ -252,3 +253,28 @@ async def test_async_flavours_follow_the_same_contract(idempotency_backend: Base
     await idempotency_backend.aclaim(second)
     assert await idempotency_backend.arelease(second.storage_key, second.owner_token)
     assert await idempotency_backend.aget(second.storage_key) is None
+
+
+def test_a_claim_retried_with_its_own_owner_token_is_still_ours(
+    idempotency_backend: BaseBackend,
+) -> None:
+    claim = make_claim()
+    idempotency_backend.claim(claim)
+
+    assert idempotency_backend.claim(claim).outcome is ClaimOutcome.CREATED
+    other = idempotency_backend.claim(make_claim(claim.storage_key))
+    assert other.outcome is ClaimOutcome.EXISTING  # another owner's claim is refused
+    assert async_to_sync(idempotency_backend.aclaim)(claim).outcome is ClaimOutcome.CREATED
+
+
+def test_a_completed_response_never_changes(idempotency_backend: BaseBackend) -> None:
+    claim = make_claim()
+    idempotency_backend.claim(claim)
+    idempotency_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, ttl=300)
+    other = StoredResponse(200, (), b"second")
+
+    assert idempotency_backend.complete(claim.storage_key, claim.owner_token, other, ttl=300)
+
+    record = idempotency_backend.get(claim.storage_key)
+    assert record is not None
+    assert record.response == RESPONSE

@@ -2,8 +2,7 @@
 
 Both keep each record as one value that the store itself expires, so they
 share behaviour the database and memory backends do not: a record comes
-back exactly as written, a claim or completion retried by its own owner
-succeeds again, and there is never anything to purge. Tests run once per
+back exactly as written, and there is never anything to purge. Tests run once per
 case: CacheBackend over LocMemCache and django-redis, RedisBackend over the
 django-redis cache's pool and over a pool of its own.
 """
@@ -23,7 +22,7 @@ from django.test import Client, override_settings
 from django.utils.module_loading import import_string
 
 from django_idempotency.backends.base import BaseBackend, StorageError
-from django_idempotency.records import ClaimOutcome, StoredResponse
+from django_idempotency.records import ClaimOutcome
 from tests.backends import CACHE, CASES_BY_ID, REDIS_NATIVE, REDIS_URL_CASE
 from tests.conftest import NewClaim
 from tests.http import assert_problem, executions, post
@@ -99,34 +98,6 @@ def test_claim_adds_the_record_and_a_later_claim_gets_it_back(
     assert created.outcome is ClaimOutcome.CREATED
     assert existing.outcome is ClaimOutcome.EXISTING
     assert existing.record == created.record
-
-
-@cache_and_redis_cases
-def test_a_claim_retried_with_its_own_owner_token_is_still_ours(
-    idempotency_backend: BaseBackend, new_claim: NewClaim
-) -> None:
-    claim = new_claim()
-    idempotency_backend.claim(claim)
-
-    assert idempotency_backend.claim(claim).outcome is ClaimOutcome.CREATED
-    idempotency_backend.claim(new_claim(claim.storage_key))  # another owner's claim, refused
-    assert async_to_sync(idempotency_backend.aclaim)(claim).outcome is ClaimOutcome.CREATED
-
-
-@cache_and_redis_cases
-def test_a_completed_response_never_changes(
-    idempotency_backend: BaseBackend, new_claim: NewClaim
-) -> None:
-    claim = new_claim()
-    idempotency_backend.claim(claim)
-    idempotency_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, ttl=300)
-    other = StoredResponse(200, (), b"second")
-
-    assert idempotency_backend.complete(claim.storage_key, claim.owner_token, other, ttl=300)
-
-    record = idempotency_backend.get(claim.storage_key)
-    assert record is not None
-    assert record.response == RESPONSE
 
 
 # -- what the store can do -------------------------------------------------------------

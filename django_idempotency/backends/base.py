@@ -92,7 +92,10 @@ class BaseBackend(abc.ABC):
           compare-and-set on the dead record's owner token, so two requests
           racing to take over cannot both win). Stores with native expiry may
           return ``CREATED`` for both.
-        * A live record: write nothing and return it with ``EXISTING``.
+        * A live record: write nothing and return it with ``EXISTING``; but a
+          live in-progress record carrying ``claim.owner_token`` is this very
+          claim, retried (a reply lost on the network): return it as
+          ``CREATED``.
 
         Two concurrent calls for one storage key, from any threads, processes
         or machines, must never both return a claimed outcome.
@@ -107,6 +110,9 @@ class BaseBackend(abc.ABC):
         Only while the record still carries ``owner_token`` (compare-and-set).
         Return True when stored, False when the claim is no longer ours (taken
         over, released or expired); never overwrite another owner's record.
+        A record this owner already completed is a retried complete: return
+        True and keep the stored response, which never changes while it can be
+        replayed.
         """
 
     @abc.abstractmethod

@@ -118,10 +118,7 @@ class CacheBackend(BaseBackend):
             existing = self._load(cache, claim.storage_key)
             if existing is None:
                 continue
-            if existing.owner_token == claim.owner_token:
-                # Our own earlier attempt, applied although its answer was lost.
-                return ClaimResult(ClaimOutcome.CREATED, existing)
-            return ClaimResult(ClaimOutcome.EXISTING, existing)
+            return ClaimResult.of_live(existing, claim.owner_token)
         raise StorageError(
             f"Cache {self.alias!r} refused to add the claim {CLAIM_ATTEMPTS} times while "
             "holding no record for it."

@@ -394,7 +394,7 @@ class _Table:
             return None  # released or purged since the insert conflicted
         existing = current.to_record()
         if existing.is_live(now):
-            return ClaimResult(ClaimOutcome.EXISTING, existing)
+            return ClaimResult.of_live(existing, mine.owner_token)
         if self._take_over(existing, mine, now):
             return ClaimResult(ClaimOutcome.TAKEN_OVER, mine)
         return None
@@ -468,9 +468,18 @@ class _Table:
         assignments, params = self._assignments(self._values(row, only=fields))
         sql = (
             f"UPDATE {self.table} SET {assignments} WHERE {self._name('storage_key')} = %s "
-            f"AND {self._name('owner_token')} = %s"
+            f"AND {self._name('owner_token')} = %s AND {self._name('state')} = %s"
         )
-        return self._rowcount(sql, [*params, storage_key, owner_token])
+        if self._rowcount(sql, [*params, storage_key, owner_token, State.IN_PROGRESS.value]):
+            return True
+        # Not ours to complete, or already completed by us (a retried complete):
+        # the stored response never changes while it can be replayed.
+        current = self.read(storage_key)
+        return (
+            current is not None
+            and current.owner_token == owner_token
+            and current.state == State.COMPLETED.value
+        )
 
     def release(self, storage_key: str, owner_token: str) -> bool:
         sql = (

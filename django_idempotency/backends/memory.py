@@ -53,7 +53,10 @@ class MemoryBackend(BaseBackend):
         with self._lock:
             existing = self._records.get(claim.storage_key)
             if existing is not None and existing.is_live(now):
-                return ClaimResult(ClaimOutcome.EXISTING, existing)
+                mine = existing.is_claim_of(claim.owner_token)
+                return ClaimResult(
+                    ClaimOutcome.CREATED if mine else ClaimOutcome.EXISTING, existing
+                )
             record = Record.from_claim(claim, now)
             self._write(record, now)
         outcome = ClaimOutcome.CREATED if existing is None else ClaimOutcome.TAKEN_OVER
@@ -68,7 +71,8 @@ class MemoryBackend(BaseBackend):
             current = self._records.get(storage_key)
             if current is None or current.owner_token != owner_token:
                 return False
-            self._write(current.completed(response, now, ttl), now)
+            if current.state is State.IN_PROGRESS:
+                self._write(current.completed(response, now, ttl), now)
         return True
 
     def release(self, storage_key: str, owner_token: str) -> bool:

@@ -337,10 +337,8 @@ class RedisBackend(BaseBackend):
         current = self._decode(existing, claim.storage_key)
         if current is None:
             return ClaimResult(ClaimOutcome.CREATED, record)
-        if current.owner_token == claim.owner_token:
-            # A retried SET whose first attempt was applied: the claim is ours.
-            return ClaimResult(ClaimOutcome.CREATED, current)
-        return ClaimResult(ClaimOutcome.EXISTING, current)
+        # A retried SET whose first attempt was applied finds its own claim.
+        return ClaimResult.of_live(current, claim.owner_token)
 
     def _complete_args(
         self, owner_token: str, response: StoredResponse, ttl: int
