@@ -180,10 +180,15 @@ def _user_scope(user: Any) -> str:
     return ANONYMOUS_SCOPE
 
 
+MAX_SCOPE_LENGTH = 255
+"""What every store keeps of a scope (the database column's length)."""
+
+
 def _custom_scope(request: HttpRequest, scope: object) -> str:
-    if not isinstance(scope, str):
+    if not isinstance(scope, str) or len(scope) > MAX_SCOPE_LENGTH:
         raise ImproperlyConfigured(
-            f"The IDEMPOTENCY['SCOPE'] callable must return a str; it returned {scope!r}."
+            f"The IDEMPOTENCY['SCOPE'] callable must return a str of at most "
+            f"{MAX_SCOPE_LENGTH} characters; it returned {scope!r:.80}."
         )
     return scope
 

@@ -62,9 +62,19 @@ def _keyed_request() -> HttpRequest:
 MEMORY = {"BACKEND": "django_idempotency.backends.memory.MemoryBackend"}
 
 
-@override_settings(IDEMPOTENCY={**MEMORY, "SCOPE": "tests.testapp.scopes.not_a_string"})
-def test_scope_callable_returning_a_non_string_is_improperly_configured() -> None:
-    with pytest.raises(ImproperlyConfigured, match="must return a str; it returned 42"):
+@pytest.mark.parametrize(
+    ("callable_path", "returned"),
+    [("tests.testapp.scopes.not_a_string", "42"), ("tests.testapp.scopes.too_long", "'ttt")],
+)
+def test_scope_callable_returning_a_bad_scope_is_improperly_configured(
+    callable_path: str, returned: str
+) -> None:
+    with (
+        override_settings(IDEMPOTENCY={**MEMORY, "SCOPE": callable_path}),
+        pytest.raises(
+            ImproperlyConfigured, match=f"at most 255 characters; it returned {returned}"
+        ),
+    ):
         engine.begin(_keyed_request(), get_settings().policy)
 
 

@@ -13,3 +13,8 @@ def by_tenant(request: HttpRequest) -> str:
 def not_a_string(request: HttpRequest) -> object:
     """A broken scope callable: returns an int."""
     return 42
+
+
+def too_long(request: HttpRequest) -> str:
+    """A broken scope callable: longer than any store keeps."""
+    return "t" * 256
