@@ -33,6 +33,9 @@ $(PY):
 
 $(STAMP): pyproject.toml setup.cfg | $(PY)
 	$(PY) -m pip install --disable-pip-version-check --quiet -e '.[test]'
+	@$(PY) -m pip install --disable-pip-version-check --quiet -e '.[mysql]' 2>/dev/null \
+		|| echo "note: mysqlclient did not build (needs libmariadb-dev and pkg-config);" \
+			"the MariaDB tests will be skipped"
 	@touch $@
 
 setup: $(STAMP)

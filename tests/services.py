@@ -7,6 +7,7 @@ when ``CI=true``: there a missing service fails the run.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import socket
 from dataclasses import dataclass
@@ -18,11 +19,12 @@ IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
 
 @dataclass(frozen=True)
 class Service:
-    """A network service the tests need."""
+    """A network service the tests need, and the Python driver that talks to it."""
 
     name: str
     host: str
     port: int
+    driver: str | None = None
 
     @property
     def address(self) -> str:
@@ -37,7 +39,10 @@ POSTGRES = Service(
     "PostgreSQL", _env("TEST_POSTGRES_HOST", "127.0.0.1"), int(_env("TEST_POSTGRES_PORT", "5432"))
 )
 MARIADB = Service(
-    "MariaDB", _env("TEST_MARIADB_HOST", "127.0.0.1"), int(_env("TEST_MARIADB_PORT", "3306"))
+    "MariaDB",
+    _env("TEST_MARIADB_HOST", "127.0.0.1"),
+    int(_env("TEST_MARIADB_PORT", "3306")),
+    driver="MySQLdb",
 )
 REDIS_URL = _env("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 _redis = urlsplit(REDIS_URL)
@@ -51,7 +56,12 @@ SERVICES = {"postgres": POSTGRES, "mariadb": MARIADB, "redis": REDIS, "nats": NA
 
 @cache
 def is_up(service: Service) -> bool:
-    """Whether the service accepts TCP connections (asked once per run)."""
+    """Whether the driver is installed and the service accepts TCP connections.
+
+    Asked once per run.
+    """
+    if service.driver is not None and importlib.util.find_spec(service.driver) is None:
+        return False
     try:
         with socket.create_connection((service.host, service.port), timeout=1):
             return True
@@ -60,6 +70,11 @@ def is_up(service: Service) -> bool:
 
 
 def unavailable_reason(service: Service) -> str:
+    if service.driver is not None and importlib.util.find_spec(service.driver) is None:
+        return (
+            f"the {service.name} driver ({service.driver}) is not installed "
+            "(pip install -e '.[mysql]', which needs libmariadb-dev and pkg-config)"
+        )
     return (
         f"{service.name} is not reachable at {service.address} "
         "(set the TEST_* environment variables to point at one)"
