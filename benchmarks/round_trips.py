@@ -53,6 +53,8 @@ from tests.services import (
     REDIS_URL,
     Service,
     is_up,
+    mariadb_database,
+    postgres_database,
     unavailable_reason,
 )
 
@@ -84,26 +86,9 @@ def configure(sqlite_path: str) -> None:
         }
     }
     if is_up(POSTGRES):
-        databases["postgres"] = {
-            "ENGINE": "django.db.backends.postgresql",
-            "HOST": POSTGRES.host,
-            "PORT": POSTGRES.port,
-            "USER": os.environ.get("TEST_POSTGRES_USER", "postgres"),
-            "PASSWORD": os.environ.get("TEST_POSTGRES_PASSWORD", ""),
-            "NAME": os.environ.get("TEST_POSTGRES_NAME", "postgres"),
-            "TEST": {"NAME": RUN},
-        }
+        databases["postgres"] = postgres_database(RUN)
     if is_up(MARIADB):
-        databases["mariadb"] = {
-            "ENGINE": "django.db.backends.mysql",
-            "HOST": MARIADB.host,
-            "PORT": MARIADB.port,
-            "USER": os.environ.get("TEST_MARIADB_USER", "root"),
-            "PASSWORD": os.environ.get("TEST_MARIADB_PASSWORD", ""),
-            "NAME": os.environ.get("TEST_MARIADB_NAME", "test"),
-            "OPTIONS": {"charset": "utf8mb4"},
-            "TEST": {"NAME": RUN, "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
-        }
+        databases["mariadb"] = mariadb_database(RUN)
     caches: dict[str, dict[str, Any]] = {
         "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
         "locmem": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": RUN},

@@ -12,6 +12,7 @@ import os
 import socket
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 from urllib.parse import urlsplit
 
 IN_CI = os.environ.get("CI", "").lower() in {"1", "true", "yes"}
@@ -79,3 +80,30 @@ def unavailable_reason(service: Service) -> str:
         f"{service.name} is not reachable at {service.address} "
         "(set the TEST_* environment variables to point at one)"
     )
+
+
+def postgres_database(test_name: str) -> dict[str, Any]:
+    """The DATABASES entry of the test PostgreSQL; ``test_name`` is the database made."""
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "HOST": POSTGRES.host,
+        "PORT": POSTGRES.port,
+        "USER": _env("TEST_POSTGRES_USER", "postgres"),
+        "PASSWORD": _env("TEST_POSTGRES_PASSWORD", ""),
+        "NAME": _env("TEST_POSTGRES_NAME", "postgres"),
+        "TEST": {"NAME": test_name},
+    }
+
+
+def mariadb_database(test_name: str) -> dict[str, Any]:
+    """The DATABASES entry of the test MariaDB; ``test_name`` is the database made."""
+    return {
+        "ENGINE": "django.db.backends.mysql",
+        "HOST": MARIADB.host,
+        "PORT": MARIADB.port,
+        "USER": _env("TEST_MARIADB_USER", "root"),
+        "PASSWORD": _env("TEST_MARIADB_PASSWORD", ""),
+        "NAME": _env("TEST_MARIADB_NAME", "test"),
+        "OPTIONS": {"charset": "utf8mb4"},
+        "TEST": {"NAME": test_name, "CHARSET": "utf8mb4", "COLLATION": "utf8mb4_unicode_ci"},
+    }

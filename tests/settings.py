@@ -11,7 +11,15 @@ import os
 import tempfile
 from typing import Any
 
-from tests.services import MARIADB, POSTGRES, REDIS, REDIS_URL, is_up
+from tests.services import (
+    MARIADB,
+    POSTGRES,
+    REDIS,
+    REDIS_URL,
+    is_up,
+    mariadb_database,
+    postgres_database,
+)
 
 SECRET_KEY = "django-idempotency-tests"
 DEBUG = False
@@ -73,30 +81,13 @@ DATABASES: dict[str, dict[str, Any]] = {
     }
 }
 if is_up(POSTGRES):
-    DATABASES["postgres"] = {
-        "ENGINE": "django.db.backends.postgresql",
-        "HOST": POSTGRES.host,
-        "PORT": POSTGRES.port,
-        "USER": os.environ.get("TEST_POSTGRES_USER", "postgres"),
-        "PASSWORD": os.environ.get("TEST_POSTGRES_PASSWORD", ""),
-        "NAME": os.environ.get("TEST_POSTGRES_NAME", "postgres"),
-        "TEST": {"NAME": os.environ.get("TEST_POSTGRES_TEST_NAME", "test_django_idempotency")},
-    }
+    DATABASES["postgres"] = postgres_database(
+        os.environ.get("TEST_POSTGRES_TEST_NAME", "test_django_idempotency")
+    )
 if is_up(MARIADB):
-    DATABASES["mariadb"] = {
-        "ENGINE": "django.db.backends.mysql",
-        "HOST": MARIADB.host,
-        "PORT": MARIADB.port,
-        "USER": os.environ.get("TEST_MARIADB_USER", "root"),
-        "PASSWORD": os.environ.get("TEST_MARIADB_PASSWORD", ""),
-        "NAME": os.environ.get("TEST_MARIADB_NAME", "test"),
-        "OPTIONS": {"charset": "utf8mb4"},
-        "TEST": {
-            "NAME": os.environ.get("TEST_MARIADB_TEST_NAME", "test_django_idempotency"),
-            "CHARSET": "utf8mb4",
-            "COLLATION": "utf8mb4_unicode_ci",
-        },
-    }
+    DATABASES["mariadb"] = mariadb_database(
+        os.environ.get("TEST_MARIADB_TEST_NAME", "test_django_idempotency")
+    )
 
 CACHES: dict[str, dict[str, Any]] = {
     "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
