@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import ImproperlyConfigured
 from django.dispatch import Signal
 from django.http import HttpRequest, HttpResponse
 from django.http.response import HttpResponseBase
+from django.template.response import SimpleTemplateResponse
 
 from django_idempotency import problems, signals
 from django_idempotency.backends.base import BaseBackend, StorageError
@@ -268,6 +269,13 @@ def _claim_failed(
 
 def finish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
     """Store the view's response for replay, or release the claim (sync)."""
+    if _awaits_rendering(response):
+        response.add_post_render_callback(lambda rendered: _finish_now(guard, rendered))
+        return response
+    return _finish_now(guard, response)
+
+
+def _finish_now(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
     reason = _release_reason(response, guard.policy)
     claim = guard.claim
     try:
@@ -286,6 +294,10 @@ def finish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
 
 async def afinish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
     """Store the view's response for replay, or release the claim (async)."""
+    if _awaits_rendering(response):
+        # Django renders in a worker thread (sync_to_async), so the sync path runs there.
+        response.add_post_render_callback(lambda rendered: _finish_now(guard, rendered))
+        return response
     reason = _release_reason(response, guard.policy)
     claim = guard.claim
     try:
@@ -320,6 +332,15 @@ async def aabort(guard: Guard) -> None:
         _finish_failed(guard, "exception", error)
     else:
         _released(guard, "exception", released)
+
+
+def _awaits_rendering(response: HttpResponseBase) -> TypeGuard[SimpleTemplateResponse]:
+    """A template response (DRF's ``Response`` too) is stored once Django renders it.
+
+    The decorator returns it before the handler renders it; its bytes do not
+    exist yet.
+    """
+    return isinstance(response, SimpleTemplateResponse) and not response.is_rendered
 
 
 def _release_reason(response: HttpResponseBase, policy: Policy) -> str | None:

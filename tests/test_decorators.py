@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -160,3 +161,31 @@ def test_decorators_keep_the_view_metadata() -> None:
     assert idempotent(pay).__name__ == "pay"
     assert idempotent(pay).__doc__ == "Pay."
     assert idempotent_exempt(pay).__name__ == "pay"
+
+
+def test_template_response_is_stored_once_rendered(
+    backend_case: BackendCase, stack: str, client: Client
+) -> None:
+    first = post(client, "/decorated-template/")
+    retry = post(client, "/decorated-template/")
+
+    assert first.status_code == retry.status_code == 201
+    assert first.content.startswith(b"created ")
+    assert retry.content == first.content
+    assert retry["Idempotent-Replayed"] == "true"
+    assert executions("decorated-template") == 1
+
+
+async def test_async_template_response_is_stored_once_rendered(
+    backend_case: BackendCase, async_client: Any
+) -> None:
+    headers = {"Idempotency-Key": "t-1"}
+    send = async_client.post
+    path = "/async-decorated-template/"
+    first = await send(path, b"{}", content_type="application/json", headers=headers)
+    retry = await send(path, b"{}", content_type="application/json", headers=headers)
+
+    assert first.status_code == retry.status_code == 201
+    assert retry.content == first.content
+    assert retry["Idempotent-Replayed"] == "true"
+    assert await SideEffect.objects.filter(label="async-template").acount() == 1

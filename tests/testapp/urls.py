@@ -17,6 +17,8 @@ urlpatterns = [
     path("decorated/", views.decorated_required),
     path("decorated-put/", views.decorated_put),
     path("decorated-explode/", views.decorated_explode),
+    path("decorated-template/", views.decorated_template),
+    path("async-decorated-template/", views.async_decorated_template),
     path("async/", views.async_create),
     path("async-plain/", views.async_plain),
     path("cbv-class/", views.DecoratedClassView.as_view()),

@@ -11,6 +11,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.template.response import TemplateResponse
 from django.utils.decorators import method_decorator
 from django.views import View
 
@@ -102,6 +103,24 @@ def decorated_explode(request: HttpRequest) -> HttpResponse:
     """Guarded by the decorator; creates a row, then raises."""
     _record(request, "decorated-explode")
     raise RuntimeError("the decorated view failed after its side effect")
+
+
+@idempotent
+def decorated_template(request: HttpRequest) -> TemplateResponse:
+    """Returns a TemplateResponse, rendered only after the decorator returned it."""
+    effect = _record(request, "decorated-template")
+    return TemplateResponse(
+        request, "testapp/created.txt", {"effect": effect}, status=201, content_type="text/plain"
+    )
+
+
+@idempotent
+async def async_decorated_template(request: HttpRequest) -> TemplateResponse:
+    """The same, as an async view."""
+    effect = await SideEffect.objects.acreate(label="async-template", payload="")
+    return TemplateResponse(
+        request, "testapp/created.txt", {"effect": effect}, status=201, content_type="text/plain"
+    )
 
 
 @idempotent
