@@ -84,35 +84,45 @@ class Record(NamedTuple):
 
     def completed(self, response: StoredResponse, now: float, ttl: int) -> Record:
         """This record, completed with ``response`` and replayable for ``ttl`` seconds."""
-        return Record(
-            storage_key=self.storage_key,
-            key=self.key,
-            scope=self.scope,
-            fingerprint=self.fingerprint,
-            method=self.method,
-            path=self.path,
-            state=State.COMPLETED,
-            owner_token=self.owner_token,
-            created_at=self.created_at,
-            expires_at=now + ttl,
-            completed_at=now,
-            response=response,
+        # tuple.__new__ builds the named tuple without the Python frame of its
+        # generated __new__: every first request comes here.
+        return tuple.__new__(
+            Record,
+            (
+                self.storage_key,
+                self.key,
+                self.scope,
+                self.fingerprint,
+                self.method,
+                self.path,
+                State.COMPLETED,
+                self.owner_token,
+                self.created_at,
+                now + ttl,
+                now,
+                response,
+            ),
         )
 
     @classmethod
     def from_claim(cls, claim: Claim, now: float) -> Record:
         """The in-progress record a successful claim writes."""
-        return cls(
-            storage_key=claim.storage_key,
-            key=claim.key,
-            scope=claim.scope,
-            fingerprint=claim.fingerprint,
-            method=claim.method,
-            path=claim.path,
-            state=State.IN_PROGRESS,
-            owner_token=claim.owner_token,
-            created_at=now,
-            expires_at=now + claim.lease_seconds,
+        return tuple.__new__(  # see completed()
+            cls,
+            (
+                claim.storage_key,
+                claim.key,
+                claim.scope,
+                claim.fingerprint,
+                claim.method,
+                claim.path,
+                State.IN_PROGRESS,
+                claim.owner_token,
+                now,
+                now + claim.lease_seconds,
+                None,
+                None,
+            ),
         )
 
 

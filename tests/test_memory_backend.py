@@ -30,7 +30,7 @@ class FakeClock:
 def backend_with_clock(max_entries: int = 3) -> tuple[MemoryBackend, FakeClock]:
     backend = MemoryBackend({"MAX_ENTRIES": max_entries})
     clock = FakeClock()
-    backend.now = clock  # type: ignore[method-assign]
+    backend.now = clock
     return backend, clock
 
 
@@ -94,3 +94,37 @@ def test_scan_pages_through_every_record() -> None:
 
     assert [len(first), len(second), len(third)] == [3, 3, 1]
     assert cursor3 is None
+
+
+def test_record_completed_with_a_ttl_shorter_than_its_lease_is_evicted_once_dead() -> None:
+    backend, clock = backend_with_clock()
+    backend.claim(make_claim("old"))
+    backend.claim(make_claim("short"))
+    backend.complete("short", "owner", StoredResponse(201, (), b"done"), ttl=5)
+    backend.claim(make_claim("new"))
+    clock.now += 6  # "short" died before its lease would have ended
+
+    backend.claim(make_claim("extra"))
+
+    assert backend.get("short") is None
+    assert backend.get("old") is not None
+
+
+def test_record_completed_after_a_short_lease_stays_until_its_ttl_ends() -> None:
+    backend, clock = backend_with_clock()
+    backend.claim(make_claim("old"))
+    backend.claim(make_claim("quick", lease=1))
+    backend.complete("quick", "owner", StoredResponse(201, (), b"done"), ttl=100)
+    backend.claim(make_claim("new", lease=1000))
+    clock.now += 2  # the lease of "quick" has ended, its replay window has not
+
+    backend.claim(make_claim("extra", lease=1000))
+
+    assert backend.get("old") is None  # nothing dead: the earliest claimed goes
+    quick = backend.get("quick")
+    assert quick is not None
+    assert quick.response == StoredResponse(201, (), b"done")
+    clock.now += 99
+    backend.claim(make_claim("later"))
+    assert backend.get("quick") is None  # dead now, so evicted before any live record
+    assert backend.get("new") is not None

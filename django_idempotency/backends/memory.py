@@ -33,9 +33,15 @@ class MemoryBackend(BaseBackend):
     """Thread-safe, TTL-aware, bounded in-memory store.
 
     OPTIONS: ``{"MAX_ENTRIES": 10000}``. When full, a dead record is evicted
-    first, else the oldest live one (the least recently written). A heap of
-    expiry times finds dead records in O(log n), so a full store costs no
-    more per request than an empty one.
+    first, else the oldest live one (the earliest claimed). A heap of expiry
+    times finds dead records in O(log n), so a full store costs no more per
+    request than an empty one.
+
+    The heap holds, for every record, an entry no later than the record's
+    expiry: exact when the record is claimed, and left as it is when
+    completing only moves the expiry later (the usual case, one heap push
+    saved per request). Eviction pops due entries and re-indexes a record
+    found still live at its real expiry, so every dead record is reached.
     """
 
     is_shared_across_processes = False
@@ -50,29 +56,41 @@ class MemoryBackend(BaseBackend):
     def claim(self, claim: Claim) -> ClaimResult:
         """Create the claim, replace a dead record, or return the live one."""
         now = self.now()
+        storage_key = claim.storage_key
+        records = self._records
         with self._lock:
-            existing = self._records.get(claim.storage_key)
-            if existing is not None and existing.is_live(now):
-                mine = existing.is_claim_of(claim.owner_token)
-                return ClaimResult(
-                    ClaimOutcome.CREATED if mine else ClaimOutcome.EXISTING, existing
-                )
-            record = Record.from_claim(claim, now)
-            self._write(record, now)
+            existing = records.get(storage_key)
+            if existing is None:
+                if len(records) >= self.max_entries:
+                    self._evict(now)
+            elif now < existing.expires_at:
+                return ClaimResult.of_live(existing, claim.owner_token)
+            else:
+                del records[storage_key]  # dead: its successor is the newest entry
+            record = records[storage_key] = Record.from_claim(claim, now)
+            expiries = self._expiries
+            heapq.heappush(expiries, (record.expires_at, storage_key))
+            if len(expiries) > 2 * len(records) + 64:
+                self._reindex_expiries()
         outcome = ClaimOutcome.CREATED if existing is None else ClaimOutcome.TAKEN_OVER
-        return ClaimResult(outcome, record)
+        return tuple.__new__(ClaimResult, (outcome, record))  # no Python frame: hot path
 
     def complete(
         self, storage_key: str, owner_token: str, response: StoredResponse, ttl: int
     ) -> bool:
-        """Mark the caller's record completed, if it is still the caller's."""
+        """Mark the caller's record completed, if it is still the caller's.
+
+        The record keeps its place in the eviction order (the order of claims).
+        """
         now = self.now()
         with self._lock:
             current = self._records.get(storage_key)
             if current is None or current.owner_token != owner_token:
                 return False
             if current.state is State.IN_PROGRESS:
-                self._write(current.completed(response, now, ttl), now)
+                record = self._records[storage_key] = current.completed(response, now, ttl)
+                if record.expires_at < current.expires_at:  # a TTL shorter than the lease left
+                    heapq.heappush(self._expiries, (record.expires_at, storage_key))
         return True
 
     def release(self, storage_key: str, owner_token: str) -> bool:
@@ -144,26 +162,24 @@ class MemoryBackend(BaseBackend):
         """Same as :meth:`delete`."""
         return self.delete(storage_key)
 
-    def _write(self, record: Record, now: float) -> None:
-        """Store ``record`` as the newest entry, evicting to stay bounded."""
-        self._records.pop(record.storage_key, None)
-        if len(self._records) >= self.max_entries:
-            self._evict(now)
-        self._records[record.storage_key] = record
-        heapq.heappush(self._expiries, (record.expires_at, record.storage_key))
-        if len(self._expiries) > 2 * len(self._records) + 64:
-            self._expiries = [(r.expires_at, k) for k, r in self._records.items()]
-            heapq.heapify(self._expiries)
+    def _reindex_expiries(self) -> None:
+        """Drop the heap's stale entries (records gone or re-indexed)."""
+        self._expiries = [(record.expires_at, key) for key, record in self._records.items()]
+        heapq.heapify(self._expiries)
 
     def _evict(self, now: float) -> None:
         """Make room for one record: a dead one if any, else the oldest live one."""
-        while self._expiries and self._expiries[0][0] <= now:
-            expires_at, storage_key = heapq.heappop(self._expiries)
-            record = self._records.get(storage_key)
-            if record is not None and record.expires_at == expires_at:
-                del self._records[storage_key]
+        expiries, records = self._expiries, self._records
+        while expiries and expiries[0][0] <= now:
+            _, storage_key = heapq.heappop(expiries)
+            record = records.get(storage_key)
+            if record is None:
+                continue  # deleted, released or evicted since
+            if record.expires_at <= now:
+                del records[storage_key]
                 return
-        self._records.popitem(last=False)
+            heapq.heappush(expiries, (record.expires_at, storage_key))  # completed: live longer
+        records.popitem(last=False)
 
     def _dead_keys(self, now: float, limit: int | None) -> list[str]:
         dead: list[str] = []
