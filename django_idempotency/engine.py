@@ -30,7 +30,7 @@ from django.template.response import SimpleTemplateResponse
 from django_idempotency import problems, signals
 from django_idempotency.backends.base import BaseBackend, StorageError
 from django_idempotency.conf import IdempotencySettings, Policy, get_backend, get_settings
-from django_idempotency.fingerprint import request_fingerprint
+from django_idempotency.fingerprint import fingerprint
 from django_idempotency.keys import InvalidKey, log_label, parse_key, storage_key
 from django_idempotency.records import Claim, ClaimOutcome, ClaimResult, State, StoredResponse
 
@@ -128,50 +128,59 @@ def _read_key(
 def _claim_for(request: HttpRequest, policy: Policy, scope: str, key: str) -> Claim:
     """The claim this request makes; AUTO_KEY requests are keyed by their fingerprint."""
     full_path = request.get_full_path()
-    fingerprint = request_fingerprint(request, scope, full_path)
+    method = request.method or ""
+    request_fingerprint = fingerprint(scope, method, full_path, request.body)
     if key is AUTO_KEY:
-        key = "auto:" + fingerprint
-    return Claim(
-        storage_key=storage_key(scope, key),
-        key=key,
-        scope=scope,
-        fingerprint=fingerprint,
-        method=request.method or "",
-        path=full_path,
-        owner_token=os.urandom(16).hex(),
-        lease_seconds=policy.lock_ttl,
+        key = "auto:" + request_fingerprint
+    # tuple.__new__ builds the named tuple without the Python frame of its
+    # generated __new__: every first request and every replay comes here.
+    return tuple.__new__(
+        Claim,
+        (
+            storage_key(scope, key),
+            key,
+            scope,
+            request_fingerprint,
+            method,
+            full_path,
+            os.urandom(16).hex(),
+            policy.lock_ttl,
+        ),
     )
 
 
 def _scope(request: HttpRequest, config: IdempotencySettings) -> str:
-    if config.scope is None:
+    scope = config.scope
+    if scope == "user":
+        try:
+            user = request.user
+        except AttributeError:
+            raise _no_user_error() from None
+        return _user_scope(user)
+    if scope is None:
         return ""
-    if config.scope == "user":
-        return _user_scope(_request_user(request))
-    return _custom_scope(request, config.scope(request))
+    return _custom_scope(request, scope(request))
 
 
 async def _ascope(request: HttpRequest, config: IdempotencySettings) -> str:
-    if config.scope is None:
-        return ""
-    if config.scope == "user":
+    scope = config.scope
+    if scope == "user":
         auser = getattr(request, "auser", None)
         if auser is None:
-            _request_user(request)  # raises the ImproperlyConfigured that explains
-        return _user_scope(await auser())  # type: ignore[misc]
-    return _custom_scope(request, await sync_to_async(config.scope)(request))
+            raise _no_user_error()
+        return _user_scope(await auser())
+    if scope is None:
+        return ""
+    return _custom_scope(request, await sync_to_async(scope)(request))
 
 
-def _request_user(request: HttpRequest) -> Any:
-    try:
-        return request.user
-    except AttributeError:
-        raise ImproperlyConfigured(
-            "IDEMPOTENCY['SCOPE'] is 'user' but the request has no user: put "
-            "'django_idempotency.middleware.IdempotencyMiddleware' after "
-            "'django.contrib.auth.middleware.AuthenticationMiddleware' in MIDDLEWARE, "
-            "or set IDEMPOTENCY['SCOPE'] to None or a callable."
-        ) from None
+def _no_user_error() -> ImproperlyConfigured:
+    return ImproperlyConfigured(
+        "IDEMPOTENCY['SCOPE'] is 'user' but the request has no user: put "
+        "'django_idempotency.middleware.IdempotencyMiddleware' after "
+        "'django.contrib.auth.middleware.AuthenticationMiddleware' in MIDDLEWARE, "
+        "or set IDEMPOTENCY['SCOPE'] to None or a callable."
+    )
 
 
 def _user_scope(user: Any) -> str:
@@ -203,9 +212,12 @@ def _decide(
 ) -> Decision:
     """Turn the claim's outcome into a guard or a response."""
     record = result.record
-    if result.claimed:
-        _emit(signals.claimed, logging.DEBUG, "claimed", request, backend, claim, record=record)
-        if result.outcome is ClaimOutcome.TAKEN_OVER:
+    outcome = result.outcome
+    if outcome is not ClaimOutcome.EXISTING:
+        # The hot path: the emit checks are inlined so that nobody listening costs nothing.
+        if signals.claimed.receivers or logger.isEnabledFor(logging.DEBUG):
+            _emit(signals.claimed, logging.DEBUG, "claimed", request, backend, claim, record=record)
+        if outcome is ClaimOutcome.TAKEN_OVER:
             _emit(
                 signals.taken_over,
                 logging.WARNING,
@@ -215,7 +227,7 @@ def _decide(
                 claim,
                 record=record,
             )
-        return Guard(claim=claim, policy=policy, backend=backend, request=request)
+        return tuple.__new__(Guard, (claim, policy, backend, request))  # see _claim_for
     if record.fingerprint != claim.fingerprint:
         _emit(
             signals.mismatch,
@@ -357,7 +369,14 @@ def _release_reason(response: HttpResponseBase, policy: Policy) -> str | None:
 def _finished(guard: Guard, response: HttpResponseBase, reason: str | None, ok: bool) -> None:
     if reason is not None:
         _released(guard, reason, ok)
-    elif ok:
+    elif not ok:
+        logger.warning(
+            "idempotency key %s: the response was not stored, the claim was no longer ours "
+            "(its lease expired and it was taken over or purged); raise LOCK_TTL above the "
+            "view's longest run",
+            log_label(guard.claim.storage_key),
+        )
+    elif signals.completed.receivers or logger.isEnabledFor(logging.DEBUG):  # hot path
         _emit(
             signals.completed,
             logging.DEBUG,
@@ -366,13 +385,6 @@ def _finished(guard: Guard, response: HttpResponseBase, reason: str | None, ok: 
             guard.backend,
             guard.claim,
             status=response.status_code,
-        )
-    else:
-        logger.warning(
-            "idempotency key %s: the response was not stored, the claim was no longer ours "
-            "(its lease expired and it was taken over or purged); raise LOCK_TTL above the "
-            "view's longest run",
-            log_label(guard.claim.storage_key),
         )
 
 
@@ -411,10 +423,16 @@ def _finish_failed(guard: Guard, reason: str | None, error: StorageError) -> Non
 def stored_response(response: HttpResponseBase) -> StoredResponse:
     """What is kept of a response: status, replayable headers, body bytes."""
     assert isinstance(response, HttpResponse)  # streaming responses are never stored
-    headers = [
-        (name, value) for name, value in response.items() if name.lower() not in UNSTORED_HEADERS
-    ]
-    return StoredResponse(response.status_code, tuple(headers), response.content)
+    # ResponseHeaders keeps {lowercased name: (name, value)}: reading that dict
+    # skips the Mapping protocol's generators and a lower() per header, which
+    # were a third of the cost of storing a response.
+    headers = []
+    for name, pair in response.headers._store.items():
+        if name not in UNSTORED_HEADERS:
+            headers.append(pair)
+    return tuple.__new__(  # see _claim_for
+        StoredResponse, (response.status_code, tuple(headers), response.content)
+    )
 
 
 def replay_response(stored: StoredResponse) -> HttpResponse:
@@ -439,10 +457,12 @@ def _emit(
     claim: Claim,
     **extra: Any,
 ) -> None:
-    """Log one line and send one signal for one event; never the raw key."""
-    if not signal.receivers and not logger.isEnabledFor(level):
-        return  # the common case on the hot path: nobody listens
-    if logger.isEnabledFor(level):  # the hot path skips formatting when nobody listens
+    """Log one line and send one signal for one event; never the raw key.
+
+    Hot-path callers check ``signal.receivers or logger.isEnabledFor(level)``
+    first, so that an event nobody listens to costs no call.
+    """
+    if logger.isEnabledFor(level):
         logger.log(
             level,
             "idempotency key %s (%s %s): %s",

@@ -11,16 +11,9 @@ from __future__ import annotations
 
 import hashlib
 
-from django.http import HttpRequest
-
 
 def fingerprint(scope: str, method: str, full_path: str, body: bytes) -> str:
     """Hex SHA-256 of the request's identifying parts."""
     digest = hashlib.sha256(f"{len(scope)}:{scope}{method}\x00{full_path}\x00".encode())
     digest.update(body)  # not copied: bodies can be large
     return digest.hexdigest()
-
-
-def request_fingerprint(request: HttpRequest, scope: str, full_path: str) -> str:
-    """The fingerprint of a Django request under ``scope``."""
-    return fingerprint(scope, request.method or "", full_path, request.body)

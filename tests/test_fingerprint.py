@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from django.test import RequestFactory
-
-from django_idempotency.fingerprint import fingerprint, request_fingerprint
+from django_idempotency.fingerprint import fingerprint
 
 
 def test_every_part_changes_the_fingerprint() -> None:
@@ -23,11 +21,3 @@ def test_bytes_cannot_shift_between_parts() -> None:
 
 def test_empty_body_is_fingerprinted() -> None:
     assert fingerprint("s", "POST", "/p/", b"") != fingerprint("s", "POST", "/p/", b" ")
-
-
-def test_request_fingerprint_uses_path_with_query_and_body() -> None:
-    request = RequestFactory().post("/pay/?currency=EUR", b"{}", content_type="application/json")
-
-    assert request_fingerprint(request, "scope", request.get_full_path()) == fingerprint(
-        "scope", "POST", "/pay/?currency=EUR", b"{}"
-    )
