@@ -1,19 +1,18 @@
 """What identifies a request, so that a key reused for another request is caught.
 
 The fingerprint is a SHA-256 over the scope, the method, the path with its
-query string and the body bytes (an empty body too). The scope is length
-prefixed and the method and path end at a NUL, which neither can contain (a
-method is a token, and Django percent-encodes the path), so no two different
-requests share a fingerprint by shifting bytes from one part into the next.
+query string and the body bytes (an empty body too). Every part but the body
+(which comes last) is prefixed with its length, so no two different requests
+share a fingerprint by shifting characters from one part into the next,
+whatever the parts contain (a decoded path may hold a NUL).
 """
 
 from __future__ import annotations
 
-import hashlib
+from django_idempotency.digests import sha256_hex
 
 
-def fingerprint(scope: str, method: str, full_path: str, body: bytes) -> str:
+def fingerprint(scope: str, method: str, path: str, body: bytes) -> str:
     """Hex SHA-256 of the request's identifying parts."""
-    digest = hashlib.sha256(f"{len(scope)}:{scope}{method}\x00{full_path}\x00".encode())
-    digest.update(body)  # not copied: bodies can be large
-    return digest.hexdigest()
+    head = f"{len(scope)}:{scope}{len(method)}:{method}{len(path)}:{path}".encode()
+    return sha256_hex(head, body)

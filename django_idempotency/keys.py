@@ -9,8 +9,9 @@ the request carried two keys and we cannot know which one the client meant.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
+
+from django_idempotency.digests import sha256_hex
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ def storage_key(scope: str, key: str) -> str:
     Redis and memcached) and never confuses ``("a:b", "c")`` with
     ``("a", "b:c")``: a key is printable ASCII, so it holds no NUL.
     """
-    return hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
+    return sha256_hex(f"{scope}\x00{key}".encode())
 
 
 def log_label(storage_key: str) -> str:

@@ -21,3 +21,9 @@ def test_bytes_cannot_shift_between_parts() -> None:
 
 def test_empty_body_is_fingerprinted() -> None:
     assert fingerprint("s", "POST", "/p/", b"") != fingerprint("s", "POST", "/p/", b" ")
+
+
+def test_a_nul_in_the_path_cannot_stand_for_the_end_of_the_path() -> None:
+    # A decoded path may hold a NUL (%00); the length prefix keeps the parts apart.
+    assert fingerprint("s", "POST", "/a\x00b", b"c") != fingerprint("s", "POST", "/a", b"b\x00c")
+    assert fingerprint("s\x00", "POST", "/a", b"") != fingerprint("s", "\x00POST", "/a", b"")

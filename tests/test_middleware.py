@@ -203,6 +203,22 @@ def test_same_key_on_another_request_answers_422(
     assert_problem(response, 422, "key-reused")
 
 
+def test_the_record_keeps_the_path_and_query_string_as_the_client_sent_them(
+    backend_case: BackendCase, client: Client, idempotency_backend: BaseBackend
+) -> None:
+    first = post(client, "/create/?note=caf%C3%A9&page=2")
+    retry = post(client, "/create/?note=caf%C3%A9&page=2")
+    reordered = post(client, "/create/?page=2&note=caf%C3%A9")
+
+    record = idempotency_backend.get(storage_key("anonymous", "key-1"))
+    assert record is not None
+    assert record.path == "/create/?note=caf%C3%A9&page=2"
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.content == first.content
+    assert_problem(reordered, 422, "key-reused")
+    assert executions() == 1
+
+
 def test_empty_body_is_fingerprinted_too(backend_case: BackendCase, client: Client) -> None:
     post(client, body=b"")
     retry = post(client, body=b"")
