@@ -4,8 +4,9 @@ Every guarded request hashes twice (its storage key and its fingerprint),
 usually a few hundred bytes. ``hashlib.sha256`` goes through OpenSSL's EVP
 layer, whose fixed cost per call (a context allocated and initialised
 through the provider machinery, code that is cold by the time a request
-reaches it) outweighs hashing that little: measured in ``benchmarks/
-overhead.py``, leaving OpenSSL out of a request took about 2% off its time.
+reaches it) outweighs hashing that little: measured with
+``benchmarks/overhead.py``, leaving OpenSSL out of a request took about 2%
+off its time.
 CPython ships its own SHA-256 (the module ``hashlib`` falls back to when
 OpenSSL lacks a digest), which computes the same digest with a fixed cost
 close to nothing, but about six times slower per byte; so inputs above
