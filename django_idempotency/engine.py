@@ -86,11 +86,6 @@ def begin(request: HttpRequest, policy: Policy) -> Decision:
         result = backend.claim(claim)
     except StorageError as error:
         return _claim_failed(request, config, backend, claim, error)
-    if result.outcome is ClaimOutcome.CREATED:  # the hot path, inlined from _decide
-        if signals.claimed.receivers or logger.isEnabledFor(logging.DEBUG):
-            record = result.record
-            _emit(signals.claimed, logging.DEBUG, "claimed", request, backend, claim, record=record)
-        return tuple.__new__(Guard, (claim, policy, backend, request))  # see _claim_for
     return _decide(request, policy, backend, claim, result)
 
 

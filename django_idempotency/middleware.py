@@ -22,7 +22,6 @@ from django.http.response import HttpResponseBase
 
 from django_idempotency import engine
 from django_idempotency.conf import get_settings
-from django_idempotency.engine import Guard
 
 GUARD_ATTRIBUTE = "_idempotency_guard"
 HANDLED_ATTRIBUTE = "idempotency_handled"
@@ -81,11 +80,7 @@ class IdempotencyMiddleware:
         """Claim the key before the view runs; answer at once if it is not ours."""
         if handled_elsewhere(view_func):
             return None
-        decision = engine.begin(request, get_settings().policy)
-        if decision.__class__ is Guard:
-            request.__dict__[GUARD_ATTRIBUTE] = decision
-            return None
-        return decision  # type: ignore[return-value]  # a response, or None: not guarded
+        return self._keep_guard(request, engine.begin(request, get_settings().policy))
 
     async def _aprocess_view(
         self,
@@ -96,8 +91,11 @@ class IdempotencyMiddleware:
     ) -> HttpResponseBase | None:
         if handled_elsewhere(view_func):
             return None
-        decision = await engine.abegin(request, get_settings().policy)
-        if decision.__class__ is Guard:
+        return self._keep_guard(request, await engine.abegin(request, get_settings().policy))
+
+    @staticmethod
+    def _keep_guard(request: HttpRequest, decision: engine.Decision) -> HttpResponseBase | None:
+        if isinstance(decision, engine.Guard):
             request.__dict__[GUARD_ATTRIBUTE] = decision
             return None
-        return decision  # type: ignore[return-value]
+        return decision
