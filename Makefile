@@ -1,6 +1,7 @@
 # Quick start: `make demo` runs the example project, `make test` runs the suite.
-# Both create .venv on a fresh clone and install the package with its test
-# extra; they re-install only when pyproject.toml or setup.cfg change.
+# Both create .venv on a fresh clone and install the package with its dev
+# extra (the test suite's needs plus lint and build tools); they re-install
+# only when pyproject.toml or setup.cfg change.
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,14 +18,25 @@ PYENV_BINS := $(subst $(space),:,$(strip $(wildcard $(PYENV_ROOT)/versions/3.1[0
 TOX_PATH := $(if $(PYENV_BINS),$(PYENV_BINS):)$(PATH)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test lint format tox bench clean distclean
+.PHONY: help setup demo test lint format tox tox-smoke bench clean distclean
+
+# `make test` runs the whole suite in .venv (Python 3.11, Django 5.2, DRF);
+# `make tox-smoke` runs the tests marked smoke, on the memory backend, in every
+# other env of the matrix, two at a time.
+SMOKE_ENVS := py310-django52-drf,py310-django52-nodrf,py311-django52-nodrf,$\
+	py312-django52-drf,py312-django52-nodrf,py312-django60-drf,py312-django60-nodrf,$\
+	py312-django61-drf,py312-django61-nodrf,py313-django52-drf,py313-django52-nodrf,$\
+	py313-django60-drf,py313-django60-nodrf,py313-django61-drf,py313-django61-nodrf
+SMOKE_ARGS := -q -p no:cacheprovider --no-cov -m smoke \
+	-k "not postgres and not mariadb and not redis and not locmem and not sqlite and not nats and not memcached"
 
 help:
 	@echo "make demo       run example_project on SQLite at http://127.0.0.1:8000"
 	@echo "make test       run the test suite (pass pytest options with ARGS='-k name')"
 	@echo "make lint       ruff check, ruff format --check and mypy"
 	@echo "make format     apply ruff's fixes and formatting"
-	@echo "make tox        run the Python x Django matrix (ARGS='-e py312-django61')"
+	@echo "make tox        run the Python x Django x DRF matrix (ARGS='-e py312-django61-drf')"
+	@echo "make tox-smoke  the smoke tests on every env but .venv's, two at a time"
 	@echo "make bench      run benchmarks/run_all.py"
 	@echo "make clean      remove build artefacts and caches (distclean: also .venv and .tox)"
 
@@ -32,7 +44,7 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(STAMP): pyproject.toml setup.cfg | $(PY)
-	$(PY) -m pip install --disable-pip-version-check --quiet -e '.[test]'
+	$(PY) -m pip install --disable-pip-version-check --quiet -e '.[dev]'
 	@$(PY) -m pip install --disable-pip-version-check --quiet -e '.[mysql]' 2>/dev/null \
 		|| echo "note: mysqlclient did not build (needs libmariadb-dev and pkg-config);" \
 			"the MariaDB tests will be skipped"
@@ -45,8 +57,13 @@ demo: $(STAMP)
 		&& $(PY) manage.py ensure_demo_user \
 		&& $(PY) manage.py runserver 127.0.0.1:8000
 
+# Two pytest-xdist workers: most of the suite waits on servers and sleeps, and
+# each worker has its own test databases, SQLite files and Redis key prefixes.
+# TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest $(ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(ARGS)
 
 # Runs all three checks and fails if any failed, so one run shows every problem.
 lint: $(STAMP)
@@ -60,11 +77,12 @@ format: $(STAMP)
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-$(VENV)/bin/tox: | $(PY)
-	$(PY) -m pip install --disable-pip-version-check --quiet 'tox>=4.2'
-
-tox: $(VENV)/bin/tox
+tox: $(STAMP)
 	PATH="$(TOX_PATH)" $(VENV)/bin/tox $(ARGS)
+
+tox-smoke: $(STAMP)
+	PATH="$(TOX_PATH)" $(VENV)/bin/tox run-parallel --parallel 2 --parallel-no-spinner \
+		-e $(SMOKE_ENVS) -- $(SMOKE_ARGS)
 
 bench: $(STAMP)
 	$(PY) benchmarks/run_all.py $(ARGS)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Any
+
+from tests.services import NATS_URL, REDIS_URL
 
 SECRET_KEY = "benchmarks"
 DEBUG = False
@@ -44,4 +47,23 @@ MIDDLEWARE = [
 # In memory: a file database would add an fsync per request to every kind and
 # flatter the ratios; without it the view costs what its Python and SQL cost.
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"}}
-IDEMPOTENCY = {"BACKEND": "django_idempotency.backends.memory.MemoryBackend"}
+# "memory": room for every first-time request of a long run (a full
+# MemoryBackend refuses new keys rather than evict live ones); "db": the
+# default backend, on the same in-memory SQLite database as the view's rows.
+BACKENDS: dict[str, dict[str, Any]] = {
+    "memory": {
+        "BACKEND": "django_idempotency.backends.memory.MemoryBackend",
+        "OPTIONS": {"MAX_ENTRIES": 10_000_000},
+    },
+    "db": {"BACKEND": "django_idempotency.backends.db.DatabaseBackend"},
+    # The test services (tests/services.py), under a prefix and a bucket of this run.
+    "redis": {
+        "BACKEND": "django_idempotency.backends.redis.RedisBackend",
+        "OPTIONS": {"URL": REDIS_URL, "KEY_PREFIX": f"idempotency-bench-{os.getpid()}:"},
+    },
+    "nats": {
+        "BACKEND": "django_idempotency.backends.nats.NatsBackend",
+        "OPTIONS": {"SERVERS": NATS_URL, "BUCKET": f"idempotency-bench-{os.getpid()}"},
+    },
+}
+IDEMPOTENCY = BACKENDS[os.environ.get("BENCH_BACKEND", "memory")]

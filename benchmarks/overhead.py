@@ -1,7 +1,8 @@
 """Overhead of the middleware per request, as ratios measured in one run.
 
 Three kinds of request go through Django's test client against the same
-view (insert a row, answer 201 JSON) with the memory backend, in a project
+view (insert a row, answer 201 JSON) with the memory backend (``--backend
+db``: the default backend, on the in-memory SQLite database), in a project
 with the middleware of a new ``startproject`` (``--stack minimal``: sessions
 and authentication only). The view never looks at ``request.user``, so the
 user lookup that per-user scoping needs counts entirely as our overhead
@@ -33,6 +34,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchmarks.bench_settings")
@@ -57,8 +59,16 @@ def main() -> None:
         help="plain: the view never looks at request.user (our user scope is then all "
         "extra work); user: it reads request.user, as an authenticated API does",
     )
+    parser.add_argument(
+        "--backend",
+        choices=["memory", "db", "redis", "nats"],
+        default="memory",
+        help="memory: the in-process store; db: DatabaseBackend on the in-memory SQLite; "
+        "redis, nats: RedisBackend and NatsBackend on the test services",
+    )
     args = parser.parse_args()
     os.environ["BENCH_STACK"] = args.stack
+    os.environ["BENCH_BACKEND"] = args.backend
 
     import django
 
@@ -100,7 +110,8 @@ def main() -> None:
 
     medians = {name: statistics.median(values) for name, values in samples.items()}
     print(
-        f"Django test client, memory backend, {args.stack} middleware stack, {args.view} view, "
+        f"Django test client, {args.backend} backend, {args.stack} middleware stack, "
+        f"{args.view} view, "
         f"{args.rounds} rounds x {args.requests} requests"
     )
     print(f"{'kind':<12}{'median µs/request':>20}{'ratio to unguarded':>22}{'quartiles':>16}")
@@ -114,6 +125,26 @@ def main() -> None:
         f"first {'OK' if ratios['first'] <= 1.15 else 'MISSED'}, "
         f"replay {'OK' if ratios['replay'] <= 0.90 else 'MISSED'}"
     )
+    _forget_the_runs_records(args.backend)
+
+
+def _forget_the_runs_records(backend: str) -> None:
+    """Remove this run's records from a shared store (its Redis prefix, its NATS bucket)."""
+    from benchmarks.bench_settings import BACKENDS
+    from django_idempotency.backends.handler import get_backend
+
+    options: dict[str, Any] = BACKENDS[backend].get("OPTIONS", {})
+    get_backend().close()
+    if backend == "redis":
+        import redis
+
+        client = redis.Redis.from_url(options["URL"])
+        for key in client.scan_iter(match=options["KEY_PREFIX"] + "*", count=1000):
+            client.delete(key)
+    elif backend == "nats":
+        from tests.nats_buckets import delete_bucket
+
+        delete_bucket(options["SERVERS"], options["BUCKET"])
 
 
 if __name__ == "__main__":

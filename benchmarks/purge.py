@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> None:
     from django.db import connection
 
     from django_idempotency.backends.db import DatabaseBackend
-    from django_idempotency.conf import get_backend
+    from django_idempotency.backends.handler import get_backend
     from django_idempotency.models import IdempotencyRecord
 
     call_command("migrate", "django_idempotency", verbosity=0)

@@ -1,10 +1,11 @@
 """The admin of idempotency records: what operators look at when a client retries.
 
-With the :class:`~django_idempotency.backends.db.DatabaseBackend` the records
-are rows, browsed through a read-only ModelAdmin on the backend's own
-``DATABASE`` alias. With any other backend the same admin entry redirects to
-the store pages of :mod:`django_idempotency.admin_views`, which read the
-backend through its contract (``scan``, ``get``, ``delete``).
+When the backend keeps its records as rows of the app's model (its
+``model_database`` is a database alias, as DatabaseBackend's is), they are
+browsed through a read-only ModelAdmin on that database. With any other
+backend the same admin entry redirects to the store pages of
+:mod:`django_idempotency.admin_views`, which read the backend through its
+contract (``scan``, ``get``, ``delete``).
 
 Nothing here edits a record: a stored response is evidence of what a client
 was told. Operators can only delete records (the client's retry then runs
@@ -29,12 +30,13 @@ from django.utils.safestring import SafeString
 from django.utils.translation import gettext, ngettext
 from django.utils.translation import gettext_lazy as _
 
-from django_idempotency.admin_views import REQUEST_BODY_HELP, StoreAdmin, preview_response
+from django_idempotency.admin_views import StoreAdmin
 from django_idempotency.backends.base import BaseBackend, StorageError
-from django_idempotency.backends.db import DatabaseBackend
-from django_idempotency.conf import get_backend
-from django_idempotency.models import IdempotencyRecord, to_datetime
+from django_idempotency.backends.handler import get_backend
+from django_idempotency.models import IdempotencyRecord
+from django_idempotency.previews import REQUEST_BODY_HELP, preview_response
 from django_idempotency.records import State
+from django_idempotency.rows import to_datetime
 
 if TYPE_CHECKING:
     RecordModelAdmin = admin.ModelAdmin[IdempotencyRecord]
@@ -67,6 +69,27 @@ class ExpiryListFilter(admin.SimpleListFilter):
         return queryset
 
 
+class ReplayableListFilter(admin.SimpleListFilter):
+    """Completed records a retry gets back, versus those completed without their body."""
+
+    title = _("replay")
+    parameter_name = "replayable"
+
+    def lookups(self, request: HttpRequest, model_admin: RecordModelAdmin) -> list[tuple[str, Any]]:
+        return [
+            ("yes", _("Replayable")),
+            ("no", _("Not replayable (the response was not kept)")),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any] | None:
+        completed = queryset.filter(state=State.COMPLETED.value)
+        if self.value() == "yes":
+            return completed.filter(response_body__isnull=False)
+        if self.value() == "no":
+            return completed.filter(response_body__isnull=True)
+        return queryset
+
+
 @admin.register(IdempotencyRecord)
 class IdempotencyRecordAdmin(RecordModelAdmin):
     """Read-only browsing of records, with delete, release and purge actions."""
@@ -78,12 +101,13 @@ class IdempotencyRecordAdmin(RecordModelAdmin):
         "path",
         "state",
         "response_status",
+        "replayable",
         "created_at",
         "expires_at",
         "is_live",
     )
     list_display_links = ("key",)
-    list_filter = ("state", "method", "response_status", ExpiryListFilter)
+    list_filter = ("state", ReplayableListFilter, "method", "response_status", ExpiryListFilter)
     search_fields = ("key", "path")
     search_help_text = _("Matches part of the key or of the path.")
     date_hierarchy = "created_at"
@@ -132,18 +156,18 @@ class IdempotencyRecordAdmin(RecordModelAdmin):
 
     def uses_database(self) -> bool:
         """Whether the configured backend keeps its records in this model's table."""
-        return isinstance(get_backend(), DatabaseBackend)
+        return get_backend().model_database is not None
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[IdempotencyRecord]:
-        """The rows of the backend's own ``DATABASE`` alias."""
+        """The rows of the database the backend keeps them in."""
         queryset = super().get_queryset(request)
-        backend = get_backend()
-        if isinstance(backend, DatabaseBackend):
-            queryset = queryset.using(backend.alias)
+        database = get_backend().model_database
+        if database is not None:
+            queryset = queryset.using(database)
         return queryset
 
     def get_urls(self) -> list[URLPattern]:
-        return [*StoreAdmin(self).get_urls(), *super().get_urls()]
+        return [*StoreAdmin(self.admin_site, self.opts, self).get_urls(), *super().get_urls()]
 
     def changelist_view(
         self, request: HttpRequest, extra_context: dict[str, Any] | None = None
@@ -185,6 +209,13 @@ class IdempotencyRecordAdmin(RecordModelAdmin):
         return False
 
     # -- computed columns -----------------------------------------------------
+
+    @admin.display(description=_("replayable"), boolean=True)
+    def replayable(self, obj: IdempotencyRecord) -> bool | None:
+        """Completed with its body (a retry gets the replay); unknown while in progress."""
+        if obj.state != State.COMPLETED.value:
+            return None
+        return obj.response_body is not None
 
     @admin.display(description=_("live"), boolean=True)
     def is_live(self, obj: IdempotencyRecord) -> bool:

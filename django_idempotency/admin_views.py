@@ -1,193 +1,44 @@
-"""Admin pages that do not need the records' table.
+"""The admin's store pages: the records of a backend that is not the database.
 
-Two things live here:
-
-* :func:`preview_response`, which turns a stored response into what an
-  operator can read (status, headers, and the body as pretty JSON, truncated
-  text or just the size of a binary body). The database admin's change page
-  and the store pages below share it, so a record looks the same whatever
-  holds it.
-* :class:`StoreAdmin`, the read-only pages the admin shows instead of the
-  changelist when the configured backend is not the database (memory, cache,
-  Redis): a page of live records read through :meth:`BaseBackend.scan`,
-  paginated by the store's own cursor; one record; and a confirmed delete.
-  A store that cannot list its records (``supports_listing = False``) gets a
-  lookup by key and scope, or by storage key, instead of a list.
-
-Everything shown is escaped by the templates: bodies are whatever a view
-returned, and a stored ``<script>`` must stay text.
+With a store whose records are not rows of the app's model (memory, cache,
+Redis), the admin shows these read-only pages instead of the changelist: a
+page of live records read through :meth:`BaseBackend.scan`, paginated by the
+store's own cursor; one record; and a confirmed delete. A store that cannot
+list its records (``supports_listing = False``) gets a lookup by key and
+scope, or by storage key, instead of a list. Which pages show is asked of
+the backend (:attr:`BaseBackend.model_database`), never of its class.
 """
 
 from __future__ import annotations
 
-import http
-import json
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Protocol
 
 from django import forms
 from django.contrib import messages
+from django.contrib.admin import AdminSite
 from django.core.exceptions import PermissionDenied
+from django.db.models.options import Options
 from django.http import HttpRequest, HttpResponse, HttpResponseNotAllowed, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.http import parse_header_parameters
 from django.utils.translation import gettext
 from django.utils.translation import gettext_lazy as _
 
 from django_idempotency.backends.base import BaseBackend, StorageError
-from django_idempotency.conf import get_backend, get_settings
-from django_idempotency.engine import ANONYMOUS_SCOPE
+from django_idempotency.backends.handler import get_backend
+from django_idempotency.conf import get_settings
 from django_idempotency.keys import log_label, storage_key
-from django_idempotency.records import Record, State, StoredResponse
-
-if TYPE_CHECKING:
-    from django_idempotency.admin import IdempotencyRecordAdmin
+from django_idempotency.previews import REQUEST_BODY_HELP, preview_response
+from django_idempotency.records import Record, State
+from django_idempotency.scopes import ANONYMOUS_SCOPE, user_scope_of
 
 logger = logging.getLogger("django_idempotency")
 
-TEXT_LIMIT = 10 * 1024
-"""Characters of a text or JSON body the admin shows; the rest is cut with a note."""
-JSON_PARSE_LIMIT = 1024 * 1024
-"""Bodies larger than this (bytes) are shown as text, not parsed to be pretty-printed."""
 STORE_PAGE_SIZE = 100
 """Records per page of the store list: one ``scan`` call each, so a page stays cheap."""
-
-REQUEST_BODY_HELP = _(
-    "Request bodies are never stored: the fingerprint (a SHA-256 of the scope, method, "
-    "path and body of the first request) is all that identifies the request."
-)
-
-BodyKind = Literal["empty", "json", "text", "binary"]
-
-_TEXT_MEDIA_TYPES = frozenset(
-    {
-        "application/javascript",
-        "application/ecmascript",
-        "application/x-www-form-urlencoded",
-        "application/graphql",
-    }
-)
-_ALLOWED_CONTROL_CHARACTERS = frozenset("\t\n\r\f")
-
-
-# -- rendering a stored response ----------------------------------------------
-
-
-@dataclass(frozen=True)
-class BodyPreview:
-    """What the admin shows of a stored body."""
-
-    kind: BodyKind
-    text: str
-    """The (pretty-printed, truncated) text; empty for binary and empty bodies."""
-    size: int
-    """The body's size in bytes."""
-    content_type: str
-    shown_characters: int = 0
-    total_characters: int = 0
-
-    @property
-    def truncated(self) -> bool:
-        """Whether ``text`` is only the start of the body."""
-        return self.shown_characters < self.total_characters
-
-
-@dataclass(frozen=True)
-class ResponsePreview:
-    """A stored response as the admin shows it."""
-
-    status: int
-    reason: str
-    headers: tuple[tuple[str, str], ...]
-    body: BodyPreview
-
-
-def preview_response(response: StoredResponse) -> ResponsePreview:
-    """Status with its reason phrase, the headers, and a readable body."""
-    try:
-        reason = http.HTTPStatus(response.status).phrase
-    except ValueError:
-        reason = ""
-    content_type = next(
-        (value for name, value in response.headers if name.lower() == "content-type"), ""
-    )
-    return ResponsePreview(
-        status=response.status,
-        reason=reason,
-        headers=response.headers,
-        body=preview_body(response.body, content_type),
-    )
-
-
-def preview_body(body: bytes, content_type: str, limit: int = TEXT_LIMIT) -> BodyPreview:
-    """Pretty JSON, text cut at ``limit`` characters, or only the size of a binary body.
-
-    A body is JSON when its Content-Type says so, or when it is text whose
-    content parses as a JSON object or array. A declared non-text media type
-    (``application/octet-stream``, ``image/png``...) is binary without looking
-    at the bytes; so is a body that does not decode in its charset or holds
-    control characters.
-    """
-    size = len(body)
-    if not body:
-        return BodyPreview("empty", "", 0, content_type)
-    media_type, params = parse_header_parameters(content_type) if content_type else ("", {})
-    media_type = media_type.lower()
-    if media_type and not _is_textual(media_type):
-        return BodyPreview("binary", "", size, content_type)
-    text = _decode(body, params.get("charset", "utf-8"))
-    if text is None:
-        return BodyPreview("binary", "", size, content_type)
-    kind: BodyKind = "text"
-    if size <= JSON_PARSE_LIMIT and (_is_json(media_type) or text.lstrip()[:1] in {"{", "["}):
-        pretty = _pretty_json(text)
-        if pretty is not None:
-            kind, text = "json", pretty
-    return BodyPreview(
-        kind,
-        text[:limit],
-        size,
-        content_type,
-        shown_characters=min(len(text), limit),
-        total_characters=len(text),
-    )
-
-
-def _is_json(media_type: str) -> bool:
-    return media_type.endswith(("/json", "+json"))
-
-
-def _is_textual(media_type: str) -> bool:
-    return (
-        media_type.startswith("text/")
-        or _is_json(media_type)
-        or media_type.endswith(("/xml", "+xml"))
-        or media_type in _TEXT_MEDIA_TYPES
-    )
-
-
-def _decode(body: bytes, charset: str) -> str | None:
-    """The body as text, or None when it is not text in ``charset`` (or UTF-8)."""
-    try:
-        text = body.decode(charset)
-    except LookupError:
-        return _decode(body, "utf-8") if charset.lower() != "utf-8" else None
-    except UnicodeDecodeError:
-        return None
-    if any(char < " " and char not in _ALLOWED_CONTROL_CHARACTERS for char in text):
-        return None
-    return text
-
-
-def _pretty_json(text: str) -> str | None:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return json.dumps(value, indent=2, ensure_ascii=False)
 
 
 # -- records as the store pages show them -------------------------------------
@@ -217,6 +68,9 @@ class RecordView:
     def state_label(self) -> str:
         if self.record.state is State.IN_PROGRESS:
             return gettext("in progress")
+        response = self.record.response
+        if response is not None and not response.replayable:
+            return gettext("completed, not replayable")
         return gettext("completed")
 
 
@@ -245,11 +99,11 @@ class LookupForm(forms.Form):
         max_length=255,
         strip=False,
         help_text=_(
-            "Whose key it is: 'user:<id>' for a signed-in user, '%(anonymous)s' for "
+            "Whose key it is: '%(user)s' for a signed-in user, '%(anonymous)s' for "
             "anonymous clients, empty when IDEMPOTENCY['SCOPE'] is None, or what your "
             "SCOPE callable returns."
         )
-        % {"anonymous": ANONYMOUS_SCOPE},
+        % {"user": user_scope_of("<id>"), "anonymous": ANONYMOUS_SCOPE},
     )
 
     def clean(self) -> dict[str, Any]:
@@ -269,21 +123,29 @@ class LookupForm(forms.Form):
 # -- the store pages ----------------------------------------------------------
 
 
+class Permissions(Protocol):
+    """What the store pages ask of the ModelAdmin they are mounted by: who may do what."""
+
+    def has_view_or_change_permission(self, request: HttpRequest) -> bool: ...
+
+    def has_delete_permission(self, request: HttpRequest) -> bool: ...
+
+
 class StoreAdmin:
-    """Read-only admin pages over a backend that is not the database.
+    """Read-only admin pages over a backend whose records are not rows of the model.
 
     Mounted by :class:`~django_idempotency.admin.IdempotencyRecordAdmin` under
     its own URLs (``.../idempotencyrecord/store/...``); its changelist
-    redirects here when the configured backend is not a DatabaseBackend, and
-    these pages redirect back when it is.
+    redirects here when the backend has no ``model_database``, and these
+    pages redirect back when it has one.
     """
 
     page_size = STORE_PAGE_SIZE
 
-    def __init__(self, model_admin: IdempotencyRecordAdmin) -> None:
-        self.model_admin = model_admin
-        self.admin_site = model_admin.admin_site
-        self.opts = model_admin.opts
+    def __init__(self, admin_site: AdminSite, opts: Options[Any], permissions: Permissions) -> None:
+        self.admin_site = admin_site
+        self.opts = opts
+        self.permissions = permissions
 
     def get_urls(self) -> list[URLPattern]:
         """The list, record and delete pages, behind the admin's login and CSRF checks."""
@@ -312,7 +174,7 @@ class StoreAdmin:
 
     def list_view(self, request: HttpRequest) -> HttpResponse:
         """A page of live records, or the lookup form when the store cannot list."""
-        if self.model_admin.uses_database():
+        if _records_are_rows():
             return HttpResponseRedirect(self._changelist_url)
         self._require_view_permission(request)
         backend = get_backend()
@@ -350,7 +212,7 @@ class StoreAdmin:
 
     def record_view(self, request: HttpRequest, key: str) -> HttpResponse:
         """One record with its stored response."""
-        if self.model_admin.uses_database():
+        if _records_are_rows():
             return HttpResponseRedirect(self._changelist_url)
         self._require_view_permission(request)
         backend = get_backend()
@@ -363,15 +225,15 @@ class StoreAdmin:
             "item": RecordView.of(record, backend.now()),
             "preview": None if response is None else preview_response(response),
             "request_body_help": REQUEST_BODY_HELP,
-            "has_delete_permission": self.model_admin.has_delete_permission(request),
+            "has_delete_permission": self.permissions.has_delete_permission(request),
         }
         return TemplateResponse(request, "admin/django_idempotency/store_record.html", context)
 
     def delete_view(self, request: HttpRequest, key: str) -> HttpResponse:
         """Confirm (GET), then delete (POST, CSRF-checked by ``admin_view``)."""
-        if self.model_admin.uses_database():
+        if _records_are_rows():
             return HttpResponseRedirect(self._changelist_url)
-        if not self.model_admin.has_delete_permission(request):
+        if not self.permissions.has_delete_permission(request):
             raise PermissionDenied
         if request.method not in ("GET", "POST"):
             return HttpResponseNotAllowed(["GET", "POST"])
@@ -431,7 +293,7 @@ class StoreAdmin:
         return record
 
     def _require_view_permission(self, request: HttpRequest) -> None:
-        if not self.model_admin.has_view_or_change_permission(request):
+        if not self.permissions.has_view_or_change_permission(request):
             raise PermissionDenied
 
     def _context(self, request: HttpRequest, backend: BaseBackend, title: str) -> dict[str, Any]:
@@ -446,6 +308,11 @@ class StoreAdmin:
             "per_process": not backend.is_shared_across_processes,
             "store_url": self.url("store"),
         }
+
+
+def _records_are_rows() -> bool:
+    """Whether the backend keeps its records in the model's table (the changelist shows them)."""
+    return get_backend().model_database is not None
 
 
 def _is_lookup(request: HttpRequest) -> bool:

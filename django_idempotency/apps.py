@@ -17,6 +17,10 @@ class IdempotencyConfig(AppConfig):
 
     def ready(self) -> None:
         from django_idempotency import checks, conf
+        from django_idempotency.backends import handler
 
         checks.register_checks()
         setting_changed.connect(conf.on_setting_changed, dispatch_uid="django_idempotency.conf")
+        setting_changed.connect(
+            handler.on_setting_changed, dispatch_uid="django_idempotency.backends.handler"
+        )

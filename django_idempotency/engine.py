@@ -2,13 +2,19 @@
 
 The middleware and the decorator are thin adapters over three steps:
 
-1. ``begin`` (``abegin``): read the key, fingerprint the request and claim the
-   storage key in one backend operation. The answer is a response to send
+1. ``begin`` (``abegin``): turn the request into its claim
+   (:mod:`~django_idempotency.claims`) and claim the storage key in one
+   backend operation (again while an identical request runs, with ``WAIT``:
+   :mod:`~django_idempotency.waiting`). The answer is a response to send
    right away (replay, 400, 409, 422, 503), a :class:`Guard` (the claim is
    ours: run the view), or None (not guarded: pass the request through).
-2. The caller runs the view.
+2. The caller runs the view, while the guard's lease is renewed
+   (:mod:`~django_idempotency.leases`).
 3. ``finish`` (``afinish``) stores the response or releases the claim;
-   ``abort`` (``aabort``) releases it when the view raised.
+   ``abort`` (``aabort``) releases it when the view raised an ``Exception``;
+   ``interrupt`` keeps it when the view was interrupted (its process
+   stopping, its task cancelled): what it did is unknown, so the claim lives
+   until its lease ends and a retry then takes it over.
 
 Sync and async share every decision; they differ only in awaiting the
 backend. The engine never asks which backend it talks to.
@@ -17,46 +23,23 @@ backend. The engine never asks which backend it talks to.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple, TypeGuard
 
-from asgiref.sync import sync_to_async
-from django.core.exceptions import ImproperlyConfigured
-from django.dispatch import Signal
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.template.response import SimpleTemplateResponse
 
-from django_idempotency import problems, signals
-from django_idempotency.backends.base import BaseBackend, StorageError
-from django_idempotency.conf import IdempotencySettings, Policy, get_backend, get_settings
-from django_idempotency.fingerprint import fingerprint
-from django_idempotency.keys import InvalidKey, log_label, parse_key, storage_key
+from django_idempotency import leases, problems, signals, waiting
+from django_idempotency.backends.base import BaseBackend, RolledBack, StorageError
+from django_idempotency.backends.handler import get_backend
+from django_idempotency.claims import BodyReader, aclaim_of, claim_of
+from django_idempotency.conf import Policy
+from django_idempotency.events import emit
+from django_idempotency.fingerprint import request_body
 from django_idempotency.records import Claim, ClaimOutcome, ClaimResult, State, StoredResponse
-from django_idempotency.tokens import new_owner_token
-
-logger = logging.getLogger("django_idempotency")
-
-REPLAYED_HEADER = "Idempotent-Replayed"
-AUTO_KEY = "\x00auto"
-"""Sentinel key of a keyless request under ``AUTO_KEY`` (no real key holds a NUL)."""
-ANONYMOUS_SCOPE = "anonymous"
-UNSTORED_HEADERS = frozenset(
-    {
-        "set-cookie",
-        "date",
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-    }
-)
-"""Never replayed: cookies belong to one client, Date to one moment, and
-hop-by-hop headers to one connection."""
+from django_idempotency.responses import replay_response, stored_response, unkept_body_reason
 
 
 class Guard(NamedTuple):
@@ -66,6 +49,8 @@ class Guard(NamedTuple):
     policy: Policy
     backend: BaseBackend
     request: HttpRequest
+    lease: leases.Lease
+    """Renewed while the view runs; every way out of the view stops it."""
 
 
 Decision = HttpResponseBase | Guard | None
@@ -74,145 +59,34 @@ Decision = HttpResponseBase | Guard | None
 # -- begin --------------------------------------------------------------------
 
 
-def begin(request: HttpRequest, policy: Policy) -> Decision:
+def begin(request: HttpRequest, policy: Policy, body: BodyReader = request_body) -> Decision:
     """Decide what to do with a request before its view runs (sync)."""
-    config = get_settings()
-    key = _read_key(request, config, policy)
-    if not isinstance(key, str):
-        return key
-    claim = _claim_for(request, policy, _scope(request, config), key)
+    claim = claim_of(request, policy, body)
+    if not isinstance(claim, Claim):
+        return claim
     backend = get_backend()
     try:
         result = backend.claim(claim)
+        if policy.wait and waiting.is_waiting_for(result, claim):
+            result = waiting.wait(backend, claim, result, policy.wait)
     except StorageError as error:
-        return _claim_failed(request, config, backend, claim, error)
-    return _decide(request, policy, backend, claim, result)
+        return _claim_failed(request, policy, backend, claim, error)
+    return _decide(request, policy, backend, claim, result, leases.keep)
 
 
-async def abegin(request: HttpRequest, policy: Policy) -> Decision:
+async def abegin(request: HttpRequest, policy: Policy, body: BodyReader = request_body) -> Decision:
     """Decide what to do with a request before its view runs (async)."""
-    config = get_settings()
-    key = _read_key(request, config, policy)
-    if not isinstance(key, str):
-        return key
-    claim = _claim_for(request, policy, await _ascope(request, config), key)
+    claim = await aclaim_of(request, policy, body)
+    if not isinstance(claim, Claim):
+        return claim
     backend = get_backend()
     try:
         result = await backend.aclaim(claim)
+        if policy.wait and waiting.is_waiting_for(result, claim):
+            result = await waiting.await_(backend, claim, result, policy.wait)
     except StorageError as error:
-        return _claim_failed(request, config, backend, claim, error)
-    return _decide(request, policy, backend, claim, result)
-
-
-def _read_key(
-    request: HttpRequest, config: IdempotencySettings, policy: Policy
-) -> str | HttpResponseBase | None:
-    """The request's key, a 400, or None when the request passes unguarded.
-
-    Checked before anything costlier (the user, the body): a malformed or
-    missing key is answered without touching the session or the store.
-    """
-    if request.method not in policy.methods:
-        return None
-    raw_key = request.META.get(config.meta_key)
-    if raw_key is None:
-        if config.auto_key:
-            return AUTO_KEY
-        return problems.key_missing(config.header) if policy.required else None
-    try:
-        return parse_key(raw_key, config.max_key_length)
-    except InvalidKey as error:
-        return problems.key_invalid(config.header, error.reason)
-
-
-def _claim_for(request: HttpRequest, policy: Policy, scope: str, key: str) -> Claim:
-    """The claim this request makes; AUTO_KEY requests are keyed by their fingerprint."""
-    path = request_path(request)
-    method = request.method or ""
-    request_fingerprint = fingerprint(scope, method, path, request.body)
-    if key is AUTO_KEY:
-        key = "auto:" + request_fingerprint
-    # tuple.__new__ builds the named tuple without the Python frame of its
-    # generated __new__: every first request and every replay comes here.
-    return tuple.__new__(
-        Claim,
-        (
-            storage_key(scope, key),
-            key,
-            scope,
-            request_fingerprint,
-            method,
-            path,
-            new_owner_token(),
-            policy.lock_ttl,
-        ),
-    )
-
-
-def request_path(request: HttpRequest) -> str:
-    """The path and the query string, as fingerprinted and stored.
-
-    The path as Django decoded it and the query string as the client sent
-    it: the same request always gives the same string, two different ones
-    never do, and it costs no re-encoding (``get_full_path()`` percent-encodes
-    the path again on every call).
-    """
-    query = request.META.get("QUERY_STRING")
-    return f"{request.path}?{query}" if query else request.path
-
-
-def _scope(request: HttpRequest, config: IdempotencySettings) -> str:
-    scope = config.scope
-    if scope == "user":
-        try:
-            user = request.user
-        except AttributeError:
-            raise _no_user_error() from None
-        return _user_scope(user)
-    if scope is None:
-        return ""
-    return _custom_scope(request, scope(request))
-
-
-async def _ascope(request: HttpRequest, config: IdempotencySettings) -> str:
-    scope = config.scope
-    if scope == "user":
-        auser = getattr(request, "auser", None)
-        if auser is None:
-            raise _no_user_error()
-        return _user_scope(await auser())
-    if scope is None:
-        return ""
-    return _custom_scope(request, await sync_to_async(scope)(request))
-
-
-def _no_user_error() -> ImproperlyConfigured:
-    return ImproperlyConfigured(
-        "IDEMPOTENCY['SCOPE'] is 'user' but the request has no user: put "
-        "'django_idempotency.middleware.IdempotencyMiddleware' after "
-        "'django.contrib.auth.middleware.AuthenticationMiddleware' in MIDDLEWARE, "
-        "or set IDEMPOTENCY['SCOPE'] to None or a callable."
-    )
-
-
-def _user_scope(user: Any) -> str:
-    """Each authenticated user has a scope of their own; anonymous clients share one."""
-    if user is not None and user.is_authenticated:
-        return f"user:{user.pk}"
-    return ANONYMOUS_SCOPE
-
-
-MAX_SCOPE_LENGTH = 255
-"""What every store keeps of a scope (the database column's length)."""
-
-
-def _custom_scope(request: HttpRequest, scope: object) -> str:
-    if not isinstance(scope, str) or len(scope) > MAX_SCOPE_LENGTH:
-        raise ImproperlyConfigured(
-            f"The IDEMPOTENCY['SCOPE'] callable must return a str of at most "
-            f"{MAX_SCOPE_LENGTH} characters; it returned {scope!r:.80}."
-        )
-    return scope
+        return _claim_failed(request, policy, backend, claim, error)
+    return _decide(request, policy, backend, claim, result, leases.akeep)
 
 
 def _decide(
@@ -221,16 +95,15 @@ def _decide(
     backend: BaseBackend,
     claim: Claim,
     result: ClaimResult,
+    keep: Callable[[Claim, BaseBackend, HttpRequest], leases.Lease],
 ) -> Decision:
     """Turn the claim's outcome into a guard or a response."""
     record = result.record
     outcome = result.outcome
     if outcome is not ClaimOutcome.EXISTING:
-        # The hot path: the emit checks are inlined so that nobody listening costs nothing.
-        if signals.claimed.receivers or logger.isEnabledFor(logging.DEBUG):
-            _emit(signals.claimed, logging.DEBUG, "claimed", request, backend, claim, record=record)
+        emit(signals.claimed, logging.DEBUG, "claimed", request, backend, claim, record=record)
         if outcome is ClaimOutcome.TAKEN_OVER:
-            _emit(
+            emit(
                 signals.taken_over,
                 logging.WARNING,
                 "taken over (the previous lease expired)",
@@ -239,9 +112,10 @@ def _decide(
                 claim,
                 record=record,
             )
-        return tuple.__new__(Guard, (claim, policy, backend, request))  # see _claim_for
+        lease = keep(claim, backend, request)
+        return Guard(claim=claim, policy=policy, backend=backend, request=request, lease=lease)
     if record.fingerprint != claim.fingerprint:
-        _emit(
+        emit(
             signals.mismatch,
             logging.WARNING,
             "reused for a different request (422)",
@@ -251,8 +125,9 @@ def _decide(
             record=record,
         )
         return problems.key_reused()
-    if record.state is State.IN_PROGRESS or record.response is None:
-        _emit(
+    response = record.response
+    if record.state is State.IN_PROGRESS or response is None:
+        emit(
             signals.conflict,
             logging.INFO,
             "still in progress (409)",
@@ -262,20 +137,31 @@ def _decide(
             record=record,
         )
         return problems.request_in_progress()
-    _emit(signals.replayed, logging.INFO, "replayed", request, backend, claim, record=record)
-    return replay_response(record.response)
+    if not response.replayable:
+        emit(
+            signals.conflict,
+            logging.INFO,
+            "already processed, its response was not kept (409)",
+            request,
+            backend,
+            claim,
+            record=record,
+        )
+        return problems.response_not_replayable(response.status)
+    emit(signals.replayed, logging.INFO, "replayed", request, backend, claim, record=record)
+    return replay_response(response)
 
 
 def _claim_failed(
     request: HttpRequest,
-    config: IdempotencySettings,
+    policy: Policy,
     backend: BaseBackend,
     claim: Claim,
     error: StorageError,
 ) -> HttpResponseBase | None:
-    passing = config.on_storage_error == "pass"
+    passing = policy.settings.on_storage_error == "pass"
     consequence = "running the view unguarded" if passing else "answering 503"
-    _emit(
+    emit(
         signals.storage_error,
         logging.WARNING if passing else logging.ERROR,
         f"storage error on claim, {consequence}: {error}",
@@ -291,209 +177,287 @@ def _claim_failed(
 # -- finish -------------------------------------------------------------------
 
 
-def finish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
-    """Store the view's response for replay, or release the claim (sync)."""
-    if _awaits_rendering(response):
-        response.add_post_render_callback(lambda rendered: _finish_now(guard, rendered))
+def finish(guard: Guard, response: object) -> Any:
+    """Store the view's response for replay, or release the claim (sync).
+
+    Whatever goes wrong here, the claim is not left stuck: a view that
+    returned no response, a template that fails to render and an error
+    while finishing all release it (Django answers 500, a retry runs again).
+    """
+    guard.lease.stop()
+    if not isinstance(response, HttpResponseBase):
+        abort(guard, "the view returned no response")
         return response
-    return _finish_now(guard, response)
+    if _awaits_rendering(response):
+        _finish_when_rendered(guard, response)
+        return response
+    try:
+        return _finish_now(guard, response)
+    except Exception:
+        abort(guard)
+        raise
+
+
+async def afinish(guard: Guard, response: object) -> Any:
+    """Store the view's response for replay, or release the claim (async)."""
+    guard.lease.stop()
+    if not isinstance(response, HttpResponseBase):
+        await aabort(guard, "the view returned no response")
+        return response
+    if _awaits_rendering(response):
+        # Django renders in a worker thread (sync_to_async), so the sync path runs there.
+        _finish_when_rendered(guard, response)
+        return response
+    try:
+        return await _afinish_now(guard, response)
+    except Exception:
+        await aabort(guard)
+        raise
+
+
+def abort(guard: Guard, reason: str = "exception") -> None:
+    """Release the claim because the view failed (sync)."""
+    guard.lease.stop()
+    backend, claim = guard.backend, guard.claim
+    try:
+        released = backend.release(claim.storage_key, claim.owner_token)
+    except StorageError as error:
+        _storage_failed(guard, "release", error)
+    else:
+        _released(guard, reason, released)
+
+
+async def aabort(guard: Guard, reason: str = "exception") -> None:
+    """Release the claim because the view failed (async)."""
+    guard.lease.stop()
+    backend, claim = guard.backend, guard.claim
+    try:
+        released = await backend.arelease(claim.storage_key, claim.owner_token)
+    except StorageError as error:
+        _storage_failed(guard, "release", error)
+    else:
+        _released(guard, reason, released)
+
+
+def interrupt(guard: Guard, error: BaseException) -> None:
+    """Keep the claim of a view that was interrupted, until its lease ends.
+
+    ``SystemExit`` (gunicorn's ``--timeout``), ``KeyboardInterrupt`` and
+    ``asyncio.CancelledError`` (an ASGI client that disconnected) stop a view
+    at an unknown point: it may have done its work. Releasing would let an
+    immediate retry run it again; keeping the claim until its lease ends
+    (renewal stops here) answers retries 409 meanwhile, then lets one take
+    it over. Both adapters call this, so they agree.
+    """
+    guard.lease.stop()
+    emit(
+        signals.interrupted,
+        logging.WARNING,
+        f"interrupted ({type(error).__name__}); the claim is kept until its lease ends",
+        guard.request,
+        guard.backend,
+        guard.claim,
+        error=error,
+    )
 
 
 def _finish_now(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
-    claim, policy, backend, _ = guard
-    reason = _release_reason(response, policy)
-    try:
-        if reason is None:
-            stored = backend.complete(
-                claim.storage_key, claim.owner_token, stored_response(response), policy.ttl
-            )
-        else:
-            stored = backend.release(claim.storage_key, claim.owner_token)
-    except StorageError as error:
-        _finish_failed(guard, reason, error)
-    else:
-        _after_finish(guard, response, reason, stored)
-    return response
-
-
-async def afinish(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
-    """Store the view's response for replay, or release the claim (async)."""
-    if _awaits_rendering(response):
-        # Django renders in a worker thread (sync_to_async), so the sync path runs there.
-        response.add_post_render_callback(lambda rendered: _finish_now(guard, rendered))
+    """The response to send: the view's, or a problem when its work was rolled back."""
+    reason = _release_reason(response, guard.policy)
+    if reason is not None:
+        abort(guard, reason)
         return response
-    claim, policy, backend, _ = guard
-    reason = _release_reason(response, policy)
+    unkept = unkept_body_reason(response, guard.policy.settings.max_response_bytes)
+    stored = stored_response(response, keep_body=unkept is None)
     try:
-        if reason is None:
-            stored = await backend.acomplete(
-                claim.storage_key, claim.owner_token, stored_response(response), policy.ttl
-            )
-        else:
-            stored = await backend.arelease(claim.storage_key, claim.owner_token)
+        guard.backend.defer_until_commit(partial(_complete, guard, stored, unkept))
+    except RolledBack as rolled_back:
+        return _rolled_back(guard, rolled_back)
     except StorageError as error:
-        _finish_failed(guard, reason, error)
-    else:
-        _after_finish(guard, response, reason, stored)
+        _storage_failed(guard, "complete", error)
     return response
 
 
-def abort(guard: Guard) -> None:
-    """Release the claim because the view raised (sync)."""
+async def _afinish_now(guard: Guard, response: HttpResponseBase) -> HttpResponseBase:
+    reason = _release_reason(response, guard.policy)
+    if reason is not None:
+        await aabort(guard, reason)
+        return response
+    # An async view runs outside any transaction (ATOMIC_REQUESTS refuses
+    # them), so there is no commit to wait for.
+    unkept = unkept_body_reason(response, guard.policy.settings.max_response_bytes)
     try:
-        released = guard.backend.release(guard.claim.storage_key, guard.claim.owner_token)
-    except StorageError as error:
-        _finish_failed(guard, "exception", error)
-    else:
-        _released(guard, "exception", released)
+        await _acomplete(guard, stored_response(response, keep_body=unkept is None), unkept)
+    except RolledBack as rolled_back:
+        return _rolled_back(guard, rolled_back)
+    return response
 
 
-async def aabort(guard: Guard) -> None:
-    """Release the claim because the view raised (async)."""
+def _rolled_back(guard: Guard, rolled_back: RolledBack) -> HttpResponseBase:
+    """The view's transaction will roll back with its response: answer a problem instead.
+
+    A claim that was lost (a retry took it over and ran the view) is a 409:
+    retrying gets the new owner's response. A store that failed is a 503
+    whose claim is released, so the retry runs the view again.
+    """
+    if rolled_back.lost:
+        leases.lost(guard.claim, guard.backend, guard.request, "complete")
+        return problems.claim_lost()
+    emit(
+        signals.storage_error,
+        logging.ERROR,
+        f"storage error on complete; the view's transaction is rolled back: {rolled_back}",
+        guard.request,
+        guard.backend,
+        guard.claim,
+        operation="complete",
+        error=rolled_back,
+    )
+    abort(guard, "the view's transaction was rolled back")
+    return problems.storage_unavailable()
+
+
+def _complete(guard: Guard, stored: StoredResponse, unkept: str | None = None) -> None:
+    """Store the response; if the store refuses it, record that the view ran.
+
+    ``unkept`` says why the body was left out (a streaming response, one over
+    ``MAX_RESPONSE_BYTES``), for the warning that the record cannot replay.
+    """
+    backend, claim, ttl = guard.backend, guard.claim, guard.policy.ttl
     try:
-        released = await guard.backend.arelease(guard.claim.storage_key, guard.claim.owner_token)
+        ok = backend.complete(claim.storage_key, claim.owner_token, stored, ttl)
     except StorageError as error:
-        _finish_failed(guard, "exception", error)
-    else:
-        _released(guard, "exception", released)
+        _refused(guard, error)
+        stored = stored.status_only()
+        try:
+            ok = backend.complete(claim.storage_key, claim.owner_token, stored, ttl)
+        except StorageError as second_error:
+            _storage_failed(guard, "complete", second_error)
+            return
+        unkept = None  # _refused said why, as an error
+    _completed(guard, stored, ok, unkept)
+
+
+async def _acomplete(guard: Guard, stored: StoredResponse, unkept: str | None = None) -> None:
+    """Async :func:`_complete`."""
+    backend, claim, ttl = guard.backend, guard.claim, guard.policy.ttl
+    try:
+        ok = await backend.acomplete(claim.storage_key, claim.owner_token, stored, ttl)
+    except StorageError as error:
+        _refused(guard, error)
+        stored = stored.status_only()
+        try:
+            ok = await backend.acomplete(claim.storage_key, claim.owner_token, stored, ttl)
+        except StorageError as second_error:
+            _storage_failed(guard, "complete", second_error)
+            return
+        unkept = None  # _refused said why, as an error
+    _completed(guard, stored, ok, unkept)
+
+
+def _finish_when_rendered(guard: Guard, response: SimpleTemplateResponse) -> None:
+    """Finish once Django renders the response, and release if rendering fails.
+
+    A template response (Django REST framework's ``Response`` too) returned
+    through the decorator is rendered by the handler later, so its bytes do
+    not exist yet. Its ``render`` is wrapped on this one instance; the wrapper
+    removes itself first, so the rendered response pickles as usual (the
+    cache middleware pickles it in a post-render callback).
+    """
+    render = response.render
+
+    def render_then_finish() -> Any:
+        del response.__dict__["render"]
+        try:
+            rendered = render()
+        except Exception:
+            abort(guard, "rendering failed")
+            raise
+        return finish(guard, rendered)
+
+    response.__dict__["render"] = render_then_finish
 
 
 def _awaits_rendering(response: HttpResponseBase) -> TypeGuard[SimpleTemplateResponse]:
-    """A template response (DRF's ``Response`` too) is stored once Django renders it.
-
-    The decorator returns it before the handler renders it; its bytes do not
-    exist yet.
-    """
+    """A template response the handler has not rendered yet."""
     return isinstance(response, SimpleTemplateResponse) and not response.is_rendered
 
 
 def _release_reason(response: HttpResponseBase, policy: Policy) -> str | None:
     """Why the response must not be stored, or None to store it."""
-    if response.streaming:
-        return "streaming response"
+    if isinstance(response, problems.ProblemResponse):
+        # An inner guard refused the request: the view did not run.
+        return "answered by the idempotency check, not by the view"
     status = response.status_code
     if status < 500 and status not in policy.retryable_statuses:
         return None
     return f"status {status}"
 
 
-def _after_finish(guard: Guard, response: HttpResponseBase, reason: str | None, ok: bool) -> None:
-    """Log and signal how finishing went; a stored response nobody listens for costs one test."""
-    if (
-        reason is None
-        and ok
-        and not (signals.completed.receivers or logger.isEnabledFor(logging.DEBUG))
-    ):
+def _completed(guard: Guard, stored: StoredResponse, ok: bool, unkept: str | None) -> None:
+    """Log and signal how completing went; a response left unkept is a warning, once."""
+    if not ok:
+        leases.lost(guard.claim, guard.backend, guard.request, "complete")
         return
-    if reason is not None:
-        _released(guard, reason, ok)
-    elif not ok:
-        logger.warning(
-            "idempotency key %s: the response was not stored, the claim was no longer ours "
-            "(its lease expired and it was taken over or purged); raise LOCK_TTL above the "
-            "view's longest run",
-            log_label(guard.claim.storage_key),
+    if unkept is not None:
+        level = logging.WARNING
+        message = (
+            f"completed without its response ({unkept}): retries within TTL are answered "
+            "409 response-not-replayable"
         )
+    elif stored.replayable:
+        level, message = logging.DEBUG, "completed"
     else:
-        _emit(
-            signals.completed,
-            logging.DEBUG,
-            "completed",
-            guard.request,
-            guard.backend,
-            guard.claim,
-            status=response.status_code,
-        )
+        level, message = logging.DEBUG, "completed without its response (not replayable)"
+    emit(
+        signals.completed,
+        level,
+        message,
+        guard.request,
+        guard.backend,
+        guard.claim,
+        status=stored.status,
+        replayable=stored.replayable,
+    )
 
 
 def _released(guard: Guard, reason: str, ok: bool) -> None:
-    if ok:
-        level = logging.WARNING if reason == "streaming response" else logging.INFO
-        _emit(
-            signals.released,
-            level,
-            f"released ({reason})",
-            guard.request,
-            guard.backend,
-            guard.claim,
-            reason=reason,
-        )
+    if not ok:
+        leases.lost(guard.claim, guard.backend, guard.request, "release")
+        return
+    emit(
+        signals.released,
+        logging.INFO,
+        f"released ({reason})",
+        guard.request,
+        guard.backend,
+        guard.claim,
+        reason=reason,
+    )
 
 
-def _finish_failed(guard: Guard, reason: str | None, error: StorageError) -> None:
-    operation = "complete" if reason is None else "release"
-    _emit(
+def _refused(guard: Guard, error: StorageError) -> None:
+    emit(
         signals.storage_error,
         logging.ERROR,
-        f"storage error on {operation}; the response was returned but the claim stays "
-        f"until its lease expires: {error}",
+        f"storage error on complete; recording that the view ran, without its response "
+        f"(a retry is told so and does not run it again): {error}",
+        guard.request,
+        guard.backend,
+        guard.claim,
+        operation="complete",
+        error=error,
+    )
+
+
+def _storage_failed(guard: Guard, operation: str, error: StorageError) -> None:
+    emit(
+        signals.storage_error,
+        logging.ERROR,
+        f"storage error on {operation}; the claim stays until its lease expires: {error}",
         guard.request,
         guard.backend,
         guard.claim,
         operation=operation,
         error=error,
     )
-
-
-# -- responses ----------------------------------------------------------------
-
-
-def stored_response(response: HttpResponseBase) -> StoredResponse:
-    """What is kept of a response: status, replayable headers, body bytes."""
-    assert isinstance(response, HttpResponse)  # streaming responses are never stored
-    # ResponseHeaders keeps {lowercased name: (name, value)}: reading that dict
-    # skips the Mapping protocol's generators and a lower() per header, which
-    # were a third of the cost of storing a response.
-    headers = []
-    for name, pair in response.headers._store.items():
-        if name not in UNSTORED_HEADERS:
-            headers.append(pair)
-    return tuple.__new__(  # see _claim_for
-        StoredResponse, (response.status_code, tuple(headers), response.content)
-    )
-
-
-def replay_response(stored: StoredResponse) -> HttpResponse:
-    """The stored response, byte for byte, marked ``Idempotent-Replayed: true``."""
-    response = HttpResponse(stored.body, status=stored.status)
-    del response["Content-Type"]
-    for name, value in stored.headers:
-        response[name] = value
-    response[REPLAYED_HEADER] = "true"
-    return response
-
-
-# -- events -------------------------------------------------------------------
-
-
-def _emit(
-    signal: Signal,
-    level: int,
-    message: str,
-    request: HttpRequest,
-    backend: BaseBackend,
-    claim: Claim,
-    **extra: Any,
-) -> None:
-    """Log one line and send one signal for one event; never the raw key.
-
-    Hot-path callers check ``signal.receivers or logger.isEnabledFor(level)``
-    first, so that an event nobody listens to costs no call.
-    """
-    if logger.isEnabledFor(level):
-        logger.log(
-            level,
-            "idempotency key %s (%s %s): %s",
-            log_label(claim.storage_key),
-            claim.method,
-            request.path,
-            message,
-        )
-    if signal.receivers:
-        signal.send(
-            sender=type(backend),
-            request=request,
-            storage_key=claim.storage_key,
-            scope=claim.scope,
-            **extra,
-        )

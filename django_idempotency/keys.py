@@ -9,19 +9,15 @@ the request carried two keys and we cannot know which one the client meant.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from django_idempotency.digests import sha256_hex
+import hashlib
 
 
-@dataclass(frozen=True)
 class InvalidKey(Exception):
     """The header is present but unusable; ``reason`` is shown to the client."""
 
-    reason: str
-
-    def __str__(self) -> str:
-        return self.reason
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
 
 
 def parse_key(raw: str, max_length: int) -> str:
@@ -82,7 +78,7 @@ def storage_key(scope: str, key: str) -> str:
     Redis and memcached) and never confuses ``("a:b", "c")`` with
     ``("a", "b:c")``: a key is printable ASCII, so it holds no NUL.
     """
-    return sha256_hex(f"{scope}\x00{key}".encode())
+    return hashlib.sha256(f"{scope}\x00{key}".encode()).hexdigest()
 
 
 def log_label(storage_key: str) -> str:

@@ -4,8 +4,9 @@ It claims in ``process_view`` (so URL resolution, CSRF and authentication
 middleware placed before it have already had their say, and a request they
 reject uses up no key) and completes or releases after the inner layers have
 produced the response. Views decorated with ``@idempotent`` carry their own
-policy and ``@idempotent_exempt`` views are left alone, so a view under both
-the middleware and the decorator is processed exactly once.
+policy and ``@idempotent_exempt`` views are left alone (see
+:mod:`~django_idempotency.marks`), so a view under both the middleware and
+the decorator is processed exactly once.
 
 It serves sync and async stacks natively: on an async stack ``process_view``
 is a coroutine function, so Django awaits it without a thread hop.
@@ -16,24 +17,15 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from asgiref.sync import iscoroutinefunction, markcoroutinefunction, sync_to_async
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 
-from django_idempotency import engine
-from django_idempotency.conf import get_settings
-
-GUARD_ATTRIBUTE = "_idempotency_guard"
-HANDLED_ATTRIBUTE = "idempotency_handled"
-"""Set on a view by ``@idempotent`` (which guards it itself) and by
-``@idempotent_exempt``: either way the middleware leaves the view alone."""
+from django_idempotency import engine, marks
+from django_idempotency.conf import Policy, get_settings
+from django_idempotency.frameworks import drf_view_class
 
 ViewFunction = Callable[..., Any]
-
-
-def handled_elsewhere(view_func: ViewFunction) -> bool:
-    """Whether the view is exempt or guarded by its own decorator."""
-    return getattr(view_func, HANDLED_ATTRIBUTE, False)
 
 
 class IdempotencyMiddleware:
@@ -57,18 +49,36 @@ class IdempotencyMiddleware:
     def __call__(self, request: HttpRequest) -> Any:
         if self.is_async:
             return self.__acall__(request)
-        response = self.get_response(request)
-        guard = request.__dict__.pop(GUARD_ATTRIBUTE, None)
+        try:
+            response = self.get_response(request)
+        except Exception:  # only with DEBUG_PROPAGATE_EXCEPTIONS: Django answers the others
+            guard = marks.drop_guard(request)
+            if guard is not None:
+                engine.abort(guard)
+            raise
+        except BaseException as error:  # SystemExit (gunicorn's timeout), KeyboardInterrupt
+            _interrupted(request, error)
+            raise
+        guard = marks.drop_guard(request)
         if guard is None:
             return response
-        return engine.finish(guard, response)  # type: ignore[arg-type]
+        return engine.finish(guard, response)
 
     async def __acall__(self, request: HttpRequest) -> HttpResponseBase:
-        response = await self.get_response(request)  # type: ignore[misc]
-        guard = request.__dict__.pop(GUARD_ATTRIBUTE, None)
+        try:
+            response = await self.get_response(request)  # type: ignore[misc]
+        except Exception:  # only with DEBUG_PROPAGATE_EXCEPTIONS: Django answers the others
+            guard = marks.drop_guard(request)
+            if guard is not None:
+                await engine.aabort(guard)
+            raise
+        except BaseException as error:  # CancelledError: the ASGI client disconnected
+            _interrupted(request, error)
+            raise
+        guard = marks.drop_guard(request)
         if guard is None:
             return response  # type: ignore[no-any-return]
-        return await engine.afinish(guard, response)
+        return await engine.afinish(guard, response)  # type: ignore[no-any-return]
 
     def process_view(
         self,
@@ -78,9 +88,14 @@ class IdempotencyMiddleware:
         view_kwargs: dict[str, Any],
     ) -> HttpResponseBase | None:
         """Claim the key before the view runs; answer at once if it is not ours."""
-        if handled_elsewhere(view_func):
+        if marks.handled_elsewhere(view_func, request.method):
             return None
-        return self._keep_guard(request, engine.begin(request, get_settings().policy))
+        policy = get_settings().policy
+        if drf_view_class(view_func) is not None and not _drf_authenticated(
+            request, view_func, policy
+        ):
+            return None
+        return self._keep_guard(request, engine.begin(request, policy))
 
     async def _aprocess_view(
         self,
@@ -89,13 +104,40 @@ class IdempotencyMiddleware:
         view_args: tuple[Any, ...],
         view_kwargs: dict[str, Any],
     ) -> HttpResponseBase | None:
-        if handled_elsewhere(view_func):
+        if marks.handled_elsewhere(view_func, request.method):
             return None
-        return self._keep_guard(request, await engine.abegin(request, get_settings().policy))
+        policy = get_settings().policy
+        # DRF views are sync: their authenticators may query the database.
+        if drf_view_class(view_func) is not None and not await sync_to_async(_drf_authenticated)(
+            request, view_func, policy
+        ):
+            return None
+        return self._keep_guard(request, await engine.abegin(request, policy))
 
     @staticmethod
     def _keep_guard(request: HttpRequest, decision: engine.Decision) -> HttpResponseBase | None:
         if isinstance(decision, engine.Guard):
-            request.__dict__[GUARD_ATTRIBUTE] = decision
+            marks.keep_guard(request, decision)
             return None
         return decision
+
+
+def _interrupted(request: HttpRequest, error: BaseException) -> None:
+    """The view never returned: keep its claim to its lease (see ``engine.interrupt``)."""
+    guard = marks.drop_guard(request)
+    if guard is not None:
+        engine.interrupt(guard, error)
+
+
+def _drf_authenticated(request: HttpRequest, view_func: ViewFunction, policy: Policy) -> bool:
+    """Whether to guard a DRF view here: it does not claim by itself, and DRF let the user in.
+
+    DRF authenticates inside the view, so the middleware authenticates as the
+    view will (which gives the Django request the DRF user) before it scopes
+    the key; a view using the DRF integration claims after DRF instead.
+    """
+    from django_idempotency import drf
+
+    if drf.is_integrated(view_func, request.method) or request.method not in policy.methods:
+        return False
+    return drf.authenticate(request, view_func)

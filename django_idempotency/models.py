@@ -1,10 +1,7 @@
 """The database backend's table: one row per record.
 
-Records cross processes as float epoch seconds (see :mod:`records`); the
-table stores them as ``DateTimeField`` values so that the admin can filter and
-browse them by date. :func:`to_datetime` and :func:`to_epoch` convert between
-the two: aware UTC datetimes when ``USE_TZ`` is True, naive UTC datetimes
-when it is False (so the stored value never depends on ``TIME_ZONE``).
+Times are stored as ``DateTimeField`` values converted as
+:mod:`~django_idempotency.rows` says (UTC, aware iff ``USE_TZ``).
 
 One caveat without ``USE_TZ``: PostgreSQL reads naive values in the session
 time zone Django sets to ``TIME_ZONE``, so a naive UTC time that falls in the
@@ -14,31 +11,16 @@ record then lives an hour longer, which is harmless; use ``USE_TZ = True``.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
-
-from django.conf import settings
 from django.db import models
 from django.utils.translation import gettext_lazy as _
 
 from django_idempotency.records import Record, State, StoredResponse
+from django_idempotency.rows import row_values, to_epoch
 
 STATE_CHOICES = [
     (State.IN_PROGRESS.value, _("in progress")),
     (State.COMPLETED.value, _("completed")),
 ]
-
-
-def to_datetime(epoch: float) -> datetime:
-    """Epoch seconds as the datetime the table stores: UTC, aware iff ``USE_TZ``."""
-    value = datetime.fromtimestamp(epoch, tz=timezone.utc)
-    return value if settings.USE_TZ else value.replace(tzinfo=None)
-
-
-def to_epoch(value: datetime) -> float:
-    """A datetime read from the table as epoch seconds; naive values are UTC."""
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=timezone.utc)
-    return value.timestamp()
 
 
 class IdempotencyRecord(models.Model):
@@ -86,13 +68,27 @@ class IdempotencyRecord(models.Model):
     )
     completed_at = models.DateTimeField(_("completed at"), null=True, blank=True)
     response_status = models.PositiveSmallIntegerField(_("response status"), null=True, blank=True)
+    response_reason = models.TextField(
+        _("response reason phrase"),
+        blank=True,
+        default="",
+        help_text=_("Set only when the view gave its own reason phrase."),
+    )
     response_headers = models.JSONField(
         _("response headers"),
         default=list,
         blank=True,
         help_text=_("The replayed headers, as a list of [name, value] pairs."),
     )
-    response_body = models.BinaryField(_("response body"), null=True, blank=True)
+    response_body = models.BinaryField(
+        _("response body"),
+        null=True,
+        blank=True,
+        help_text=_(
+            "Empty (NULL) on a completed record when the response could not be kept: "
+            "the view ran, and a retry is told so instead of getting a replay."
+        ),
+    )
 
     class Meta:
         verbose_name = _("idempotency record")
@@ -115,23 +111,7 @@ class IdempotencyRecord(models.Model):
     @classmethod
     def from_record(cls, record: Record) -> IdempotencyRecord:
         """An unsaved row holding ``record``."""
-        response = record.response
-        return cls(
-            storage_key=record.storage_key,
-            key=record.key,
-            scope=record.scope,
-            method=record.method,
-            path=record.path,
-            fingerprint=record.fingerprint,
-            state=record.state.value,
-            owner_token=record.owner_token,
-            created_at=to_datetime(record.created_at),
-            expires_at=to_datetime(record.expires_at),
-            completed_at=None if record.completed_at is None else to_datetime(record.completed_at),
-            response_status=None if response is None else response.status,
-            response_headers=[] if response is None else [list(pair) for pair in response.headers],
-            response_body=None if response is None else response.body,
-        )
+        return cls(**row_values(record))
 
     def to_record(self) -> Record:
         """The row as the value object every backend speaks."""
@@ -156,5 +136,6 @@ class IdempotencyRecord(models.Model):
         return StoredResponse(
             status=self.response_status,
             headers=tuple((str(name), str(value)) for name, value in self.response_headers or ()),
-            body=bytes(self.response_body or b""),
+            body=None if self.response_body is None else bytes(self.response_body),
+            reason=self.response_reason,
         )

@@ -6,8 +6,8 @@ strings), speaks this vocabulary: a *claim* asks for a *storage key*, a
 
 They are typed named tuples: immutable like frozen dataclasses (a record
 the memory backend hands to several threads cannot be changed under them),
-and five times cheaper to build, which matters because a guarded request
-builds several of them on its hot path (a frozen dataclass sets each field
+and cheaper to build, which matters because a guarded request builds
+several of them on its hot path (a frozen dataclass sets each field
 through ``object.__setattr__``).
 """
 
@@ -25,11 +25,27 @@ class State(str, enum.Enum):
 
 
 class StoredResponse(NamedTuple):
-    """The part of a view's response that is replayed: status, headers, body."""
+    """The part of a view's response that is replayed: status, headers, body.
+
+    ``body`` is None when the response was not kept: the view ran, but its
+    response could not be stored (the store refused it), so a retry is told
+    that it was processed instead of running the view again.
+    """
 
     status: int
     headers: tuple[tuple[str, str], ...]
-    body: bytes
+    body: bytes | None
+    reason: str = ""
+    """The reason phrase when the view set its own; empty for the status's standard one."""
+
+    @property
+    def replayable(self) -> bool:
+        """Whether a retry gets this response back (the body was kept)."""
+        return self.body is not None
+
+    def status_only(self) -> StoredResponse:
+        """What is kept when the store refuses the whole response: the status."""
+        return StoredResponse(status=self.status, headers=(), body=None)
 
 
 class Claim(NamedTuple):
@@ -82,47 +98,41 @@ class Record(NamedTuple):
         """
         return self.state is State.IN_PROGRESS and self.owner_token == owner_token
 
+    def renewed(self, now: float, lease_seconds: int) -> Record:
+        """This in-progress record, its lease ending ``lease_seconds`` from ``now``."""
+        return self._replace(expires_at=now + lease_seconds)
+
     def completed(self, response: StoredResponse, now: float, ttl: int) -> Record:
         """This record, completed with ``response`` and replayable for ``ttl`` seconds."""
-        # tuple.__new__ builds the named tuple without the Python frame of its
-        # generated __new__: every first request comes here.
-        return tuple.__new__(
-            Record,
-            (
-                self.storage_key,
-                self.key,
-                self.scope,
-                self.fingerprint,
-                self.method,
-                self.path,
-                State.COMPLETED,
-                self.owner_token,
-                self.created_at,
-                now + ttl,
-                now,
-                response,
-            ),
+        return Record(
+            storage_key=self.storage_key,
+            key=self.key,
+            scope=self.scope,
+            fingerprint=self.fingerprint,
+            method=self.method,
+            path=self.path,
+            state=State.COMPLETED,
+            owner_token=self.owner_token,
+            created_at=self.created_at,
+            expires_at=now + ttl,
+            completed_at=now,
+            response=response,
         )
 
     @classmethod
     def from_claim(cls, claim: Claim, now: float) -> Record:
         """The in-progress record a successful claim writes."""
-        return tuple.__new__(  # see completed()
-            cls,
-            (
-                claim.storage_key,
-                claim.key,
-                claim.scope,
-                claim.fingerprint,
-                claim.method,
-                claim.path,
-                State.IN_PROGRESS,
-                claim.owner_token,
-                now,
-                now + claim.lease_seconds,
-                None,
-                None,
-            ),
+        return cls(
+            storage_key=claim.storage_key,
+            key=claim.key,
+            scope=claim.scope,
+            fingerprint=claim.fingerprint,
+            method=claim.method,
+            path=claim.path,
+            state=State.IN_PROGRESS,
+            owner_token=claim.owner_token,
+            created_at=now,
+            expires_at=now + claim.lease_seconds,
         )
 
 

@@ -10,13 +10,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.services import MARIADB, POSTGRES, REDIS, REDIS_URL, Service
+from tests.services import (
+    MARIADB,
+    MEMCACHED,
+    NATS,
+    NATS_URL,
+    POSTGRES,
+    REDIS,
+    REDIS_URL,
+    Service,
+)
 from tests.settings import RUN_ID
 
 DB = "django_idempotency.backends.db.DatabaseBackend"
 CACHE = "django_idempotency.backends.cache.CacheBackend"
 REDIS_NATIVE = "django_idempotency.backends.redis.RedisBackend"
 MEMORY = "django_idempotency.backends.memory.MemoryBackend"
+NATS_BACKEND = "django_idempotency.backends.nats.NatsBackend"
+NATS_BUCKET = f"idempotency-test-{RUN_ID}"
+"""This run's bucket on the shared NATS server (deleted at the end of the session)."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +43,11 @@ class BackendCase:
     """Whether worker processes share records (the multi-process tests run)."""
     database: str | None = None
     """The database alias the records live in, for DatabaseBackend cases."""
+    listable: bool = True
+    """Whether the store can list its records (``supports_listing``): the admin's store page."""
+    lease_slack: float = 0.0
+    """Seconds the store may keep a claim past its lease before another can take it:
+    memcached's clock ticks once a second, so CacheBackend keeps its claims a second more."""
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -42,9 +59,13 @@ CASES = [
     BackendCase("db-sqlite", DB, {"DATABASE": "default"}, database="default"),
     BackendCase("db-postgres", DB, {"DATABASE": "postgres"}, POSTGRES, database="postgres"),
     BackendCase("db-mariadb", DB, {"DATABASE": "mariadb"}, MARIADB, database="mariadb"),
-    BackendCase("cache-locmem", CACHE, {"CACHE": "locmem"}, cross_process=False),
+    BackendCase("cache-locmem", CACHE, {"CACHE": "locmem"}, cross_process=False, listable=False),
     BackendCase("cache-redis", CACHE, {"CACHE": "redis"}, REDIS),
+    BackendCase(
+        "cache-memcached", CACHE, {"CACHE": "memcached"}, MEMCACHED, listable=False, lease_slack=1.0
+    ),
     BackendCase("redis", REDIS_NATIVE, {"CACHE": "redis"}, REDIS),
+    BackendCase("nats", NATS_BACKEND, {"SERVERS": NATS_URL, "BUCKET": NATS_BUCKET}, NATS),
 ]
 CASES_BY_ID = {case.id: case for case in CASES}
 

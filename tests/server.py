@@ -1,7 +1,8 @@
-"""A real gunicorn serving the test project, for the multi-process tests.
+"""A real server serving the test project, for the multi-process tests.
 
-:func:`serve` starts ``python -m gunicorn`` (sync workers) on a free port of
-127.0.0.1 with :mod:`tests.server_settings`, configured like the calling test:
+:func:`serve` starts ``python -m gunicorn`` (sync workers, WSGI) or ``python -m
+uvicorn`` (ASGI, ``server="uvicorn"``) on a free port of 127.0.0.1 with
+:mod:`tests.server_settings`, configured like the calling test:
 the ``IDEMPOTENCY`` setting it installed (the ``backend_case`` fixture and the
 ``idempotency`` marker) and the test databases pytest-django created, so that
 the server's workers and the test read and write the same records and rows.
@@ -42,11 +43,14 @@ from tests.http import BODY
 
 SETTINGS_VARIABLE = "IDEMPOTENCY_SERVER_SETTINGS"
 DATABASES_VARIABLE = "IDEMPOTENCY_SERVER_DATABASES"
+ATOMIC_REQUESTS_VARIABLE = "IDEMPOTENCY_SERVER_ATOMIC_REQUESTS"
 """What :mod:`tests.server_settings` reads (it cannot import this module: the
 app registry is not ready while settings load)."""
 HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 WSGI_APP = "django.core.wsgi:get_wsgi_application()"
+ASGI_APP_FACTORY = "django.core.asgi:get_asgi_application"
+SERVERS = ("gunicorn", "uvicorn")
 REQUEST_TIMEOUT = 30.0
 """Seconds a request may take before the client gives up (socket timeout)."""
 START_TIMEOUT = 30.0
@@ -85,11 +89,12 @@ class Reply:
 
 @dataclass(frozen=True)
 class Server:
-    """A running gunicorn; send it requests with :meth:`request` or :meth:`post`."""
+    """A running server; send it requests with :meth:`request` or :meth:`post`."""
 
     port: int
     process: subprocess.Popen[bytes]
     log_path: Path
+    kind: str = "gunicorn"
 
     def request(
         self,
@@ -124,12 +129,12 @@ class Server:
         return self.request("POST", path, body, headers, timeout)
 
     def log(self) -> str:
-        """What gunicorn and Django wrote so far (error and access logs)."""
+        """What the server and Django wrote so far (error and access logs)."""
         return self.log_path.read_text(errors="replace")
 
     def log_tail(self) -> str:
         """The end of the log, for assertion messages."""
-        return "--- gunicorn log (tail) ---\n" + self.log()[-LOG_TAIL:]
+        return f"--- {self.kind} log (tail) ---\n" + self.log()[-LOG_TAIL:]
 
 
 @contextmanager
@@ -139,31 +144,40 @@ def serve(
     workers: int = 4,
     timeout: int = 30,
     ready_path: str = "/create/",
+    server: str = "gunicorn",
+    atomic_requests: bool = False,
+    threads: int = 1,
 ) -> Iterator[Server]:
-    """Run gunicorn for the duration of the block, configured like the calling test.
+    """Run the server for the duration of the block, configured like the calling test.
 
     ``idempotency`` defaults to the ``IDEMPOTENCY`` setting in force (what
     ``backend_case`` installed); it must be JSON-serializable. ``timeout`` is
     gunicorn's: a worker silent for longer, such as one stuck in a view, is
-    killed. ``ready_path`` must answer a GET with 200 once the server is up.
+    killed (uvicorn has no such timeout). ``ready_path`` must answer a GET
+    with 200 once the server is up. ``atomic_requests`` runs every view in a
+    transaction on every database. ``threads`` above 1 gives each gunicorn
+    worker that many threads (the ``gthread`` worker class).
     """
+    if server not in SERVERS:
+        raise ValueError(f"server must be one of {SERVERS}; got {server!r}")
     environment = _environment(settings.IDEMPOTENCY if idempotency is None else idempotency)
+    environment[ATOMIC_REQUESTS_VARIABLE] = "1" if atomic_requests else "0"
     for attempt in range(1, START_ATTEMPTS + 1):
-        server = _spawn(environment, workers, timeout)
+        running = _spawn(environment, workers, timeout, server, threads)
         try:
-            _wait_until_ready(server, workers, ready_path)
+            _wait_until_ready(running, workers, ready_path)
         except _PortTaken:
-            _stop(server)
+            _stop(running)
             if attempt == START_ATTEMPTS:
                 raise ServerError(f"no free port after {attempt} attempts") from None
             continue
         except BaseException:
-            _stop(server)
+            _stop(running)
             raise
         try:
-            yield server
+            yield running
         finally:
-            _stop(server)
+            _stop(running)
         return
 
 
@@ -195,6 +209,37 @@ def send_together(
     hung = sum(thread.is_alive() for thread in threads)
     assert not hung, f"{hung} of {count} request threads still running after {timeout}s"
     return results
+
+
+def in_background(work: Callable[[], _T]) -> Callable[[float], _T]:
+    """Start ``work`` in a thread; the returned function waits for its result."""
+    results: list[_T] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(work())
+        except BaseException as error:  # handed to the caller
+            errors.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def result(timeout: float) -> _T:
+        thread.join(timeout)
+        assert not thread.is_alive(), f"still running after {timeout}s"
+        if errors:
+            raise errors[0]
+        return results[0]
+
+    return result
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {timeout}s"
+        time.sleep(0.05)
 
 
 def failures(results: Sequence[object]) -> list[BaseException]:
@@ -229,23 +274,37 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def _spawn(environment: Mapping[str, str], workers: int, timeout: int) -> Server:
+def _spawn(
+    environment: Mapping[str, str], workers: int, timeout: int, server: str, threads: int = 1
+) -> Server:
     port = _free_port()
     log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115 (closed below, removed by _stop)
-        prefix="idempotency-gunicorn-", suffix=".log", delete=False
+        prefix=f"idempotency-{server}-", suffix=".log", delete=False
     )
-    command = [
-        sys.executable, "-m", "gunicorn", WSGI_APP,
-        "--bind", f"{HOST}:{port}",
-        "--workers", str(workers),
-        "--worker-class", "sync",
-        "--timeout", str(timeout),
-        "--graceful-timeout", "3",
-        "--preload",  # import Django once, in the master, before forking the workers
-        "--no-control-socket",  # its default path is shared by every gunicorn of the user
-        "--error-logfile", "-",
-        "--access-logfile", "-",
-    ]  # fmt: skip
+    worker_class = ["--worker-class", "gthread", "--threads", str(threads)]
+    if threads == 1:
+        worker_class = ["--worker-class", "sync"]
+    if server == "uvicorn":
+        command = [
+            sys.executable, "-m", "uvicorn", ASGI_APP_FACTORY, "--factory",
+            "--host", HOST,
+            "--port", str(port),
+            "--workers", str(workers),
+            "--timeout-graceful-shutdown", "3",
+        ]  # fmt: skip
+    else:
+        command = [
+            sys.executable, "-m", "gunicorn", WSGI_APP,
+            "--bind", f"{HOST}:{port}",
+            "--workers", str(workers),
+            *worker_class,
+            "--timeout", str(timeout),
+            "--graceful-timeout", "3",
+            "--preload",  # import Django once, in the master, before forking the workers
+            "--no-control-socket",  # its default path is shared by every gunicorn of the user
+            "--error-logfile", "-",
+            "--access-logfile", "-",
+        ]  # fmt: skip
     log_path = Path(log_file.name)
     try:
         with log_file:
@@ -261,31 +320,36 @@ def _spawn(environment: Mapping[str, str], workers: int, timeout: int) -> Server
     except BaseException:
         log_path.unlink()
         raise
-    return Server(port=port, process=process, log_path=log_path)
+    return Server(port=port, process=process, log_path=log_path, kind=server)
 
 
 def _wait_until_ready(server: Server, workers: int, ready_path: str) -> None:
-    """Return once our gunicorn listens, all its workers booted and ``ready_path`` answers."""
+    """Return once our server listens, all its workers started and ``ready_path`` answers."""
     deadline = time.monotonic() + START_TIMEOUT
-    listening = f"Listening at: http://{HOST}:{server.port}"
+    if server.kind == "uvicorn":
+        listening = f"Uvicorn running on http://{HOST}:{server.port}"
+        started = "Application startup complete."
+    else:
+        listening = f"Listening at: http://{HOST}:{server.port}"
+        started = "Booting worker with pid"
     while True:
         log = server.log()
-        if "Connection in use" in log:
+        if "Connection in use" in log or "error while attempting to bind" in log:
             raise _PortTaken
         if server.process.poll() is not None:
             raise ServerError(
-                f"gunicorn exited with status {server.process.returncode} while starting\n"
+                f"{server.kind} exited with status {server.process.returncode} while starting\n"
                 + server.log_tail()
             )
         # The log proves the port is ours before anything is sent to it.
-        if listening in log and log.count("Booting worker with pid") >= workers:
+        if listening in log and log.count(started) >= workers:
             with suppress(OSError, http.client.HTTPException):
                 reply = server.request("GET", ready_path, timeout=2)
                 if reply.status == 200:
                     return
         if time.monotonic() > deadline:
             raise ServerError(
-                f"gunicorn was not ready within {START_TIMEOUT}s\n" + server.log_tail()
+                f"{server.kind} was not ready within {START_TIMEOUT}s\n" + server.log_tail()
             )
         time.sleep(0.1)
 

@@ -26,6 +26,8 @@ class Service:
     host: str
     port: int
     driver: str | None = None
+    install: str = "pip install -e '.[test]'"
+    """How to install the driver."""
 
     @property
     def address(self) -> str:
@@ -44,15 +46,26 @@ MARIADB = Service(
     _env("TEST_MARIADB_HOST", "127.0.0.1"),
     int(_env("TEST_MARIADB_PORT", "3306")),
     driver="MySQLdb",
+    install="pip install -e '.[mysql]', which needs libmariadb-dev and pkg-config",
 )
 REDIS_URL = _env("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 _redis = urlsplit(REDIS_URL)
 REDIS = Service("Redis", _redis.hostname or "127.0.0.1", _redis.port or 6379)
 NATS_URL = _env("TEST_NATS_URL", "nats://127.0.0.1:4222")
 _nats = urlsplit(NATS_URL)
-NATS = Service("NATS", _nats.hostname or "127.0.0.1", _nats.port or 4222)
+NATS = Service("NATS", _nats.hostname or "127.0.0.1", _nats.port or 4222, driver="nats")
 
-SERVICES = {"postgres": POSTGRES, "mariadb": MARIADB, "redis": REDIS, "nats": NATS}
+MEMCACHED_LOCATION = _env("TEST_MEMCACHED_LOCATION", "127.0.0.1:11211")
+_memcached_host, _, _memcached_port = MEMCACHED_LOCATION.rpartition(":")
+MEMCACHED = Service("memcached", _memcached_host, int(_memcached_port), driver="pymemcache")
+
+SERVICES = {
+    "postgres": POSTGRES,
+    "mariadb": MARIADB,
+    "redis": REDIS,
+    "nats": NATS,
+    "memcached": MEMCACHED,
+}
 
 
 @cache
@@ -72,10 +85,7 @@ def is_up(service: Service) -> bool:
 
 def unavailable_reason(service: Service) -> str:
     if service.driver is not None and importlib.util.find_spec(service.driver) is None:
-        return (
-            f"the {service.name} driver ({service.driver}) is not installed "
-            "(pip install -e '.[mysql]', which needs libmariadb-dev and pkg-config)"
-        )
+        return f"the {service.name} driver ({service.driver}) is not installed ({service.install})"
     return (
         f"{service.name} is not reachable at {service.address} "
         "(set the TEST_* environment variables to point at one)"

@@ -201,7 +201,7 @@ def example_project_server(tmp_path: Path) -> Iterator[str]:
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
-        _wait_for(base_url + "/payments/", server)
+        _wait_for(base_url + "/admin/login/", server)
         yield base_url
     finally:
         server.terminate()
@@ -230,7 +230,11 @@ def _pay(base_url: str, key: str) -> tuple[int, dict[str, str], bytes]:
     request = urllib.request.Request(
         base_url + "/payments/",
         data=b'{"amount": "42.00", "currency": "EUR", "description": "browser test"}',
-        headers={"Content-Type": "application/json", "Idempotency-Key": key},
+        headers={
+            "Content-Type": "application/json",
+            "Idempotency-Key": key,
+            "Authorization": "Token demo-token-alice",
+        },
         method="POST",
     )
     with urllib.request.urlopen(request, timeout=10) as response:

@@ -7,13 +7,14 @@ suite's cases it runs on RedisBackend over a connection pool of its own.
 
 from __future__ import annotations
 
+import functools
 import time
 
 import pytest
 from asgiref.sync import async_to_sync
 
 from django_idempotency.backends.base import BaseBackend
-from django_idempotency.records import ClaimOutcome, State, StoredResponse
+from django_idempotency.records import Claim, ClaimOutcome, State, StoredResponse
 from tests.backends import CASES, REDIS_URL_CASE, BackendCase
 from tests.storage import RESPONSE, in_threads, make_claim, scanned_keys
 
@@ -70,6 +71,7 @@ def test_second_claim_returns_the_live_record_and_writes_nothing(
     assert idempotency_backend.get(first.storage_key) == stored
 
 
+@pytest.mark.smoke
 def test_complete_stores_the_response_for_replay(idempotency_backend: BaseBackend) -> None:
     claim = make_claim()
     idempotency_backend.claim(claim)
@@ -107,6 +109,31 @@ def test_every_byte_value_and_unicode_headers_survive_the_round_trip(
     assert record.response is not None
     assert record.response.body == body
     assert record.response == response
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        StoredResponse(
+            202, (("Content-Type", "text/plain"),), b"queued", reason="Queued For Review"
+        ),
+        StoredResponse(201, (), None),
+        StoredResponse(204, (), b""),
+    ],
+    ids=["custom-reason", "not-replayable", "empty-body"],
+)
+def test_reason_phrase_and_an_unkept_body_survive_the_round_trip(
+    idempotency_backend: BaseBackend, response: StoredResponse
+) -> None:
+    claim = make_claim()
+    idempotency_backend.claim(claim)
+
+    idempotency_backend.complete(claim.storage_key, claim.owner_token, response, ttl=60)
+
+    record = idempotency_backend.get(claim.storage_key)
+    assert record is not None
+    assert record.response == response
+    assert record.response.replayable is (response.body is not None)
 
 
 def test_complete_and_release_need_the_owner_token(idempotency_backend: BaseBackend) -> None:
@@ -152,11 +179,11 @@ def test_complete_or_release_of_a_missing_record_is_false(
 
 
 def test_expired_lease_is_taken_over_and_stale_owner_is_locked_out(
-    idempotency_backend: BaseBackend,
+    backend_case: BackendCase, idempotency_backend: BaseBackend
 ) -> None:
     stale = make_claim(lease=1)
     idempotency_backend.claim(stale)
-    time.sleep(1.2)
+    time.sleep(1.2 + backend_case.lease_slack)
     fresh = make_claim(stale.storage_key)
 
     result = idempotency_backend.claim(fresh)
@@ -200,12 +227,14 @@ def test_scan_lists_every_record_in_pages_of_at_most_count(
     assert set(seen) == {claim.storage_key for claim in claims}
 
 
-def test_purge_removes_dead_records_only(idempotency_backend: BaseBackend) -> None:
+def test_purge_removes_dead_records_only(
+    backend_case: BackendCase, idempotency_backend: BaseBackend
+) -> None:
     dead, done, live = make_claim(lease=1), make_claim(), make_claim(lease=60)
     for claim in (dead, done, live):
         idempotency_backend.claim(claim)
     idempotency_backend.complete(done.storage_key, done.owner_token, RESPONSE, ttl=1)
-    time.sleep(1.2)
+    time.sleep(1.2 + backend_case.lease_slack)
 
     purged = sum(idempotency_backend.purge_expired(batch_size=10))
 
@@ -219,6 +248,7 @@ def test_purge_removes_dead_records_only(idempotency_backend: BaseBackend) -> No
     assert idempotency_backend.get(done.storage_key) is None
 
 
+@pytest.mark.smoke
 def test_concurrent_claims_of_one_key_have_one_winner(idempotency_backend: BaseBackend) -> None:
     claims = [make_claim()]
     claims += [make_claim(claims[0].storage_key) for _ in range(31)]
@@ -228,6 +258,43 @@ def test_concurrent_claims_of_one_key_have_one_winner(idempotency_backend: BaseB
     outcomes = [result.outcome for result in results]
     assert outcomes.count(ClaimOutcome.CREATED) == 1, outcomes
     assert outcomes.count(ClaimOutcome.EXISTING) == 31, outcomes
+
+
+@pytest.mark.parametrize("ending", ["complete", "release"])
+def test_a_renewal_racing_the_end_of_the_view_never_undoes_it(
+    idempotency_backend: BaseBackend, ending: str
+) -> None:
+    """The renewal thread may renew a claim at the very moment its view ends.
+
+    Whichever lands first, the end must hold: a renewal writing the
+    in-progress claim back over a stored response would, once the lease
+    ended, let a retry run the view again (measured on memcached and NATS
+    before the fix); over a release, it would answer 409 for a whole lease.
+    """
+    backend = idempotency_backend
+
+    def end_or_renew(claim: Claim, index: int) -> bool:
+        if index:
+            return backend.renew(claim.storage_key, claim.owner_token, 60)
+        if ending == "complete":
+            return backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
+        return backend.release(claim.storage_key, claim.owner_token)
+
+    undone = []
+    for _ in range(100):
+        claim = make_claim()
+        backend.claim(claim)
+        ended, _ = in_threads(2, functools.partial(end_or_renew, claim))
+        record = backend.get(claim.storage_key)
+        if ending == "complete":
+            held = record is not None and record.state is State.COMPLETED
+        else:
+            held = record is None
+        if not (ended and held):
+            undone.append(record)
+        backend.delete(claim.storage_key)
+
+    assert undone == []
 
 
 async def test_async_flavours_follow_the_same_contract(idempotency_backend: BaseBackend) -> None:
@@ -278,3 +345,70 @@ def test_a_completed_response_never_changes(idempotency_backend: BaseBackend) ->
     record = idempotency_backend.get(claim.storage_key)
     assert record is not None
     assert record.response == RESPONSE
+
+
+# -- renew ----------------------------------------------------------------------------
+
+
+def test_renew_moves_the_lease_end_of_our_claim(idempotency_backend: BaseBackend) -> None:
+    claim = make_claim(lease=1)
+    idempotency_backend.claim(claim)
+
+    assert idempotency_backend.renew(claim.storage_key, claim.owner_token, 30)
+
+    record = idempotency_backend.get(claim.storage_key)
+    assert record is not None
+    assert record.state is State.IN_PROGRESS
+    assert record.owner_token == claim.owner_token
+    assert record.expires_at == pytest.approx(time.time() + 30, abs=5)
+    time.sleep(1.2)  # past the first lease: the renewed claim is still live and ours
+    assert idempotency_backend.claim(make_claim(claim.storage_key)).outcome is (
+        ClaimOutcome.EXISTING
+    )
+    assert idempotency_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
+
+
+def test_renew_needs_the_owner_token_and_a_claim_in_progress(
+    idempotency_backend: BaseBackend,
+) -> None:
+    claim = make_claim()
+    idempotency_backend.claim(claim)
+    before = idempotency_backend.get(claim.storage_key)
+
+    assert not idempotency_backend.renew(claim.storage_key, "not-the-owner", 600)
+    assert idempotency_backend.get(claim.storage_key) == before
+    assert not idempotency_backend.renew("0" * 64, claim.owner_token, 600)
+
+    idempotency_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, ttl=60)
+    completed = idempotency_backend.get(claim.storage_key)
+    assert not idempotency_backend.renew(claim.storage_key, claim.owner_token, 600)
+    assert idempotency_backend.get(claim.storage_key) == completed
+
+
+def test_a_stale_owner_cannot_renew_the_claim_that_took_over(
+    backend_case: BackendCase, idempotency_backend: BaseBackend
+) -> None:
+    stale = make_claim(lease=1)
+    idempotency_backend.claim(stale)
+    time.sleep(1.2 + backend_case.lease_slack)
+    fresh = make_claim(stale.storage_key, lease=1)
+    assert idempotency_backend.claim(fresh).claimed
+
+    assert not idempotency_backend.renew(stale.storage_key, stale.owner_token, 600)
+
+    record = idempotency_backend.get(fresh.storage_key)
+    assert record is not None
+    assert record.owner_token == fresh.owner_token
+    assert record.expires_at == pytest.approx(time.time() + 1, abs=1)
+
+
+async def test_arenew_follows_the_same_contract(idempotency_backend: BaseBackend) -> None:
+    claim = make_claim(lease=1)
+    await idempotency_backend.aclaim(claim)
+
+    assert not await idempotency_backend.arenew(claim.storage_key, "not-the-owner", 30)
+    assert await idempotency_backend.arenew(claim.storage_key, claim.owner_token, 30)
+
+    record = await idempotency_backend.aget(claim.storage_key)
+    assert record is not None
+    assert record.expires_at == pytest.approx(time.time() + 30, abs=5)

@@ -26,15 +26,17 @@ from django_idempotency.records import ClaimOutcome
 from tests.backends import CACHE, CASES_BY_ID, REDIS_NATIVE, REDIS_URL_CASE
 from tests.conftest import NewClaim
 from tests.http import assert_problem, executions, post
+from tests.services import REDIS
 from tests.storage import RESPONSE, make_claim
 
 CACHE_AND_REDIS_CASES = [
     CASES_BY_ID["cache-locmem"],
+    CASES_BY_ID["cache-memcached"],
     CASES_BY_ID["cache-redis"],
     CASES_BY_ID["redis"],
     REDIS_URL_CASE,
 ]
-REDIS_CASES = [case for case in CACHE_AND_REDIS_CASES if case.service is not None]
+REDIS_CASES = [case for case in CACHE_AND_REDIS_CASES if case.service == REDIS]
 cache_and_redis_cases = pytest.mark.parametrize(
     "backend_case",
     CACHE_AND_REDIS_CASES,

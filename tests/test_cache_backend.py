@@ -7,6 +7,8 @@ this module holds how CacheBackend lists, decodes and checks its cache.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import pytest
@@ -18,11 +20,14 @@ from django.test import override_settings
 
 from django_idempotency.backends.base import BaseBackend, StorageError
 from django_idempotency.backends.cache import KEY_PREFIX, CacheBackend
+from django_idempotency.records import Claim, State
 from tests.backends import CASES_BY_ID, BackendCase
-from tests.conftest import NewClaim
-from tests.storage import scanned_keys
+from tests.conftest import NewClaim, require_service
+from tests.latency import slow_replies
+from tests.services import REDIS
+from tests.storage import RESPONSE, make_claim, scanned_keys
 
-CACHE_CASES = [CASES_BY_ID["cache-locmem"], CASES_BY_ID["cache-redis"]]
+CACHE_CASES = [CASES_BY_ID[id] for id in ("cache-locmem", "cache-memcached", "cache-redis")]
 cache_cases = pytest.mark.parametrize(
     "backend_case", CACHE_CASES, indirect=True, ids=[case.id for case in CACHE_CASES]
 )
@@ -99,14 +104,14 @@ def test_default_alias_is_default() -> None:
     assert CacheBackend().alias == "default"
 
 
-def test_unknown_alias_is_e010_and_fails_loudly_at_runtime() -> None:
+def test_unknown_alias_is_e010_and_a_storage_error_at_runtime() -> None:
     backend = CacheBackend({"CACHE": "nowhere"})
 
     messages = backend.check()
 
     assert [message.id for message in messages] == ["django_idempotency.E010"]
     assert "'nowhere'" in messages[0].msg
-    with pytest.raises(ImproperlyConfigured, match="'nowhere'"):
+    with pytest.raises(StorageError, match="'nowhere'"):
         backend.get("0" * 64)
 
 
@@ -127,18 +132,132 @@ def test_cache_without_atomic_add_is_w010_saying_why(cache_backend: str, reason:
     assert reason in messages[0].msg
 
 
-def test_memcached_passes_the_checks() -> None:
-    cache_config = {
-        "BACKEND": "django.core.cache.backends.memcached.PyMemcacheCache",
-        "LOCATION": "127.0.0.1:11211",
-    }
+@pytest.mark.parametrize(
+    "cache_backend",
+    [
+        "django.core.cache.backends.memcached.PyMemcacheCache",
+        "django.core.cache.backends.memcached.PyLibMCCache",
+    ],
+)
+def test_cache_without_compare_and_set_is_w011_saying_what_can_happen(cache_backend: str) -> None:
+    messages = cache_messages({"BACKEND": cache_backend, "LOCATION": "127.0.0.1:11211"})
 
-    assert cache_messages(cache_config) == []
+    assert [message.id for message in messages] == ["django_idempotency.W011"]
+    assert isinstance(messages[0], checks.Warning)
+    assert "no compare-and-set" in messages[0].msg
+    assert "the view can then run twice" in messages[0].msg
 
 
-def test_django_redis_cache_gets_an_i010_hint_towards_redis_backend() -> None:
-    messages = cache_messages({"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://"})
+def test_sharded_django_redis_cannot_check_the_owner_and_is_w011() -> None:
+    messages = cache_messages(
+        {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": ["redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/1"],
+            "OPTIONS": {"CLIENT_CLASS": "django_redis.client.ShardClient"},
+        }
+    )
 
-    assert [message.id for message in messages] == ["django_idempotency.I010"]
-    assert isinstance(messages[0], checks.Info)
-    assert "RedisBackend" in (messages[0].hint or "")
+    assert [message.id for message in messages] == ["django_idempotency.W011"]
+
+
+def test_django_redis_cache_checks_the_owner_in_redis_and_passes_the_checks() -> None:
+    assert (
+        cache_messages({"BACKEND": "django_redis.cache.RedisCache", "LOCATION": "redis://"}) == []
+    )
+
+
+# -- owner checks under latency --------------------------------------------------------
+
+
+@pytest.mark.parametrize("operation", ["release", "complete"])
+def test_a_stale_owner_on_a_slow_connection_never_undoes_the_claim_that_took_over(
+    operation: str,
+) -> None:
+    """A worker whose lease ends while its release or complete is on the wire.
+
+    Its connection to Redis answers 0.6 s late. Reading the record, then
+    writing or deleting it after the answer came back, would act on the claim
+    of the worker that took over meanwhile (deleting it lets a third request
+    run the view; overwriting it replays the stale worker's response to the
+    newcomer's client). Checked inside Redis, the stale operation lands on its
+    own record or on nothing.
+    """
+    require_service(REDIS)
+    redis_config = settings.CACHES["redis"]
+    with slow_replies(REDIS.host, REDIS.port, delay=0.6) as port:
+        slow_config = {**redis_config, "LOCATION": f"redis://127.0.0.1:{port}/0"}
+        with override_settings(CACHES={**settings.CACHES, "redis-slow": slow_config}):
+            fast, slow = CacheBackend({"CACHE": "redis"}), CacheBackend({"CACHE": "redis-slow"})
+            stale = make_claim(lease=1)
+            try:
+                # Connect (and load the scripts) before the race, not during it.
+                slow.release(stale.storage_key, "warm-up")
+                assert fast.claim(stale).claimed
+                lease_ends = time.time() + 1
+                time.sleep(0.6)
+                finisher = threading.Thread(
+                    target=_finish, args=(slow, stale, operation), daemon=True
+                )
+                finisher.start()
+                time.sleep(max(0.0, lease_ends - time.time()) + 0.1)
+                newcomer = make_claim(stale.storage_key, lease=30)
+                result = fast.claim(newcomer)
+                finisher.join(10)
+                assert not finisher.is_alive()
+                record = fast.get(stale.storage_key)
+            finally:
+                fast.delete(stale.storage_key)
+                fast.close()
+                slow.close()
+
+    if result.claimed:
+        assert record is not None
+        assert record.owner_token == newcomer.owner_token
+        assert record.state is State.IN_PROGRESS
+    else:  # the stale complete landed first, on its own record: the newcomer replays it
+        assert operation == "complete"
+        assert result.record.owner_token == stale.owner_token
+
+
+def _finish(backend: BaseBackend, claim: Claim, operation: str) -> None:
+    if operation == "release":
+        backend.release(claim.storage_key, claim.owner_token)
+    else:
+        backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
+
+
+# -- the cache objects it uses ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "backend_case", [CASES_BY_ID["cache-memcached"]], indirect=True, ids=["cache-memcached"]
+)
+async def test_async_renewals_never_share_the_requests_cache_object(
+    idempotency_backend: BaseBackend, new_claim: NewClaim
+) -> None:
+    """An async view's renewal runs in another thread, which asgiref hands the
+    request's context; the request keeps using (and finally closes) its own
+    ``caches[alias]`` meanwhile. A memcached client shared by both fails with
+    "Bad file descriptor"; each renewal must keep to a cache object of its own."""
+    claim = new_claim()
+    assert (await idempotency_backend.aclaim(claim)).outcome.name == "CREATED"
+    request_cache = caches["memcached"]  # what this context's threads are handed
+    stop = threading.Event()
+
+    def use_and_close_like_a_request() -> None:
+        while not stop.is_set():
+            request_cache.get("another-key")
+            request_cache.close()  # as request_finished does
+
+    request_thread = threading.Thread(target=use_and_close_like_a_request)
+    request_thread.start()
+    try:
+        renewed = [
+            await idempotency_backend.arenew(claim.storage_key, claim.owner_token, 30)
+            for _ in range(300)
+        ]
+    finally:
+        stop.set()
+        request_thread.join(5)
+
+    assert renewed == [True] * 300

@@ -1,18 +1,21 @@
-"""A worker killed mid-request: its claim blocks retries until its lease ends.
+"""Interrupted workers: a claim whose view never returned blocks retries until its lease ends.
 
-gunicorn kills a sync worker that stays silent for longer than ``--timeout``
-(2 s here), so a view sleeping 10 s dies mid-request, after its side-effect
-row was committed (the view inserts before sleeping) and before any response
-was stored. The claim it leaves behind must:
+gunicorn stops a sync worker that stays silent for longer than ``--timeout``
+(2 s here): it sends SIGABRT, which raises ``SystemExit`` in the worker at
+whatever line the view was running, then SIGKILL if the worker is still
+alive. The view had written its side-effect row, so its outcome is unknown,
+and under both adapters alike its claim must:
 
 * answer 409 to a retry while its lease (``LOCK_TTL``) lasts, running nothing;
-* be taken over once the lease ended: the view runs once more and its
+* be taken over once the lease ended: the view runs exactly once more and its
   response is stored under a new owner token;
 * never be completed or released with the dead owner's token afterwards.
 
-Every request is the same (same key, path, query and body), as a client's
-retries are: the view sleeps only during its first execution, so the retry
-that takes the claim over runs quickly.
+Four views are stopped at once, one per worker: the middleware and the
+decorator, each over a sync and an async view. Every request for a view is
+the same (same key, path and body), as a client's retries are; each view
+sleeps only during its first execution, so the retry that takes the claim
+over runs quickly.
 """
 
 from __future__ import annotations
@@ -23,20 +26,27 @@ from collections.abc import Iterator
 
 import pytest
 
-from django_idempotency import conf
-from django_idempotency.engine import ANONYMOUS_SCOPE
+from django_idempotency.backends import handler
 from django_idempotency.keys import storage_key
 from django_idempotency.records import Record, State, StoredResponse
+from django_idempotency.scopes import ANONYMOUS_SCOPE
 from tests.backends import BackendCase
 from tests.http import PROBLEM_TYPE_PREFIX, executions
-from tests.server import CROSS_PROCESS_CASES, Reply, Server, serve
+from tests.server import CROSS_PROCESS_CASES, Reply, Server, send_together, serve
 
 GUNICORN_TIMEOUT = 2
 LOCK_TTL = 6
-"""Longer than the time gunicorn takes to kill the worker (timeout + up to ~2 s of
-heartbeat and arbiter granularity), so that the retry still meets a live claim."""
-STUCK_VIEW = "/slow-first-time/?sleep=10"
-KEY = "crash-key"
+"""Longer than the time gunicorn takes to stop the worker (timeout + up to ~2 s of
+heartbeat and arbiter granularity, + the SIGKILL that follows an ignored SIGABRT),
+so that the retry still meets a live claim."""
+STUCK_SECONDS = 20
+VIEWS = {
+    "middleware-sync": "/stuck/middleware-sync/",
+    "decorator-sync": "/decorated-stuck/decorator-sync/",
+    "middleware-async": "/async-stuck/middleware-async/",
+    "decorator-async": "/decorated-async-stuck/decorator-async/",
+}
+"""Each view's path; its last segment is the label of its side-effect rows and its key."""
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,68 +58,76 @@ pytestmark = [
 
 @pytest.fixture
 def server(backend_case: BackendCase) -> Iterator[Server]:
-    """gunicorn with 2 sync workers that are killed after 2 silent seconds."""
-    with serve(workers=2, timeout=GUNICORN_TIMEOUT) as running:
+    """gunicorn with 4 sync workers, stopped after 2 silent seconds."""
+    with serve(workers=4, timeout=GUNICORN_TIMEOUT) as running:
         yield running
 
 
-def send_to_killed_worker(server: Server) -> Reply | Exception:
-    """The stuck request: whatever gunicorn answers when it kills the worker."""
+def send(server: Server, label: str, timeout: float = 30) -> Reply:
+    return server.post(f"{VIEWS[label]}?sleep={STUCK_SECONDS}", key=label, timeout=timeout)
+
+
+def send_to_stopped_worker(server: Server, label: str) -> Reply | Exception:
+    """The stuck request: whatever gunicorn answers when it stops the worker."""
     try:
-        return server.post(STUCK_VIEW, key=KEY, timeout=15)
+        return send(server, label)
     except (OSError, http.client.HTTPException) as error:  # the connection died with it
         return error
 
 
-def current_record() -> Record:
-    record = conf.get_backend().get(storage_key(ANONYMOUS_SCOPE, KEY))
+def current_record(label: str) -> Record:
+    record = handler.get_backend().get(storage_key(ANONYMOUS_SCOPE, label))
     assert record is not None
     return record
 
 
-def test_killed_workers_claim_conflicts_until_its_lease_ends_then_is_taken_over(
-    server: Server,
+def test_stopped_workers_claims_conflict_until_their_leases_end_then_are_taken_over(
+    backend_case: BackendCase, server: Server
 ) -> None:
+    labels = list(VIEWS)
     started = time.monotonic()
-    outcome = send_to_killed_worker(server)
+    answers = send_together(len(labels), lambda i: send_to_stopped_worker(server, labels[i]))
+    outcomes = dict(zip(labels, answers, strict=True))
 
-    assert time.monotonic() - started < 10, "the worker finished its view instead of dying"
+    assert time.monotonic() - started < STUCK_SECONDS, "a view finished instead of being stopped"
     assert "WORKER TIMEOUT" in server.log(), server.log_tail()
-    if isinstance(outcome, Reply):  # gunicorn answers a plain 500 for a timed-out worker
-        assert outcome.status >= 500, outcome
-    assert executions() == 1
-    orphan = current_record()
-    assert orphan.state is State.IN_PROGRESS
-    assert orphan.response is None
+    for label, outcome in outcomes.items():
+        if isinstance(outcome, Reply):  # gunicorn answers a plain 500 for a timed-out worker
+            assert outcome.status >= 500, (label, outcome)
+        assert executions(label) == 1, label
+    orphans = {label: current_record(label) for label in labels}
+    for label, orphan in orphans.items():
+        assert orphan.state is State.IN_PROGRESS, label  # kept: the outcome is unknown
+        assert orphan.response is None
 
-    conflict = server.post(STUCK_VIEW, key=KEY)
+    for label in labels:
+        conflict = send(server, label)
+        assert conflict.status == 409, (label, conflict, server.log_tail())
+        assert conflict.json()["type"] == PROBLEM_TYPE_PREFIX + "request-in-progress"
+        assert "retry-after" in conflict.headers
+        assert executions(label) == 1, label
 
-    assert conflict.status == 409, (conflict, server.log_tail())
-    assert conflict.json()["type"] == PROBLEM_TYPE_PREFIX + "request-in-progress"
-    assert "retry-after" in conflict.headers
-    assert executions() == 1
+    last_lease_end = max(orphan.expires_at for orphan in orphans.values())
+    time.sleep(max(0.0, last_lease_end - time.time()) + backend_case.lease_slack + 0.5)
+    for label, orphan in orphans.items():
+        taken_over = send(server, label)
+        replay = send(server, label)
 
-    time.sleep(max(0.0, orphan.expires_at - time.time()) + 0.5)
-    taken_over = server.post(STUCK_VIEW, key=KEY)
+        assert taken_over.status == 201, (label, taken_over, server.log_tail())
+        assert not taken_over.replayed
+        assert replay.status == 201
+        assert replay.replayed
+        assert replay.body == taken_over.body
+        assert executions(label) == 2, label
+        record = current_record(label)
+        assert record.owner_token != orphan.owner_token
+        assert record.state is State.COMPLETED
+        assert record.response is not None
+        assert (record.response.status, record.response.body) == (201, taken_over.body)
 
-    assert taken_over.status == 201, (taken_over, server.log_tail())
-    assert not taken_over.replayed
-    assert executions() == 2
-
-    replay = server.post(STUCK_VIEW, key=KEY)
-
-    assert replay.status == 201
-    assert replay.replayed
-    assert replay.body == taken_over.body
-    assert executions() == 2
-    record = current_record()
-    assert record.owner_token != orphan.owner_token
-    assert record.state is State.COMPLETED
-    assert record.response is not None
-    assert (record.response.status, record.response.body) == (201, taken_over.body)
-
-    late = StoredResponse(status=200, headers=(), body=b"late response of the killed worker")
-    backend = conf.get_backend()
-    assert backend.complete(record.storage_key, orphan.owner_token, late, 60) is False
-    assert backend.release(record.storage_key, orphan.owner_token) is False
-    assert current_record() == record
+        late = StoredResponse(status=200, headers=(), body=b"late response of the dead worker")
+        backend = handler.get_backend()
+        assert backend.complete(record.storage_key, orphan.owner_token, late, 60) is False
+        assert backend.release(record.storage_key, orphan.owner_token) is False
+        assert backend.renew(record.storage_key, orphan.owner_token, 60) is False
+        assert current_record(label) == record

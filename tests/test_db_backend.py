@@ -10,9 +10,11 @@ transaction.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
@@ -30,11 +32,13 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import path
 from model_bakery import baker
 
-from django_idempotency import conf, idempotent
+from django_idempotency import conf, engine, idempotent
+from django_idempotency.backends import handler
 from django_idempotency.backends.base import StorageError
-from django_idempotency.backends.db import DatabaseBackend, _Table
+from django_idempotency.backends.db import DatabaseBackend
+from django_idempotency.backends.db_statements import RecordTable
 from django_idempotency.keys import storage_key
-from django_idempotency.models import IdempotencyRecord, to_datetime, to_epoch
+from django_idempotency.models import IdempotencyRecord
 from django_idempotency.records import (
     Claim,
     ClaimOutcome,
@@ -43,6 +47,7 @@ from django_idempotency.records import (
     State,
     StoredResponse,
 )
+from django_idempotency.rows import to_datetime, to_epoch
 from tests.backends import CASES, DB, BackendCase
 from tests.storage import in_threads
 from tests.testapp.models import SideEffect
@@ -94,7 +99,7 @@ UNREACHABLE = {
 @pytest.fixture
 def db_backend(backend_case: BackendCase) -> DatabaseBackend:
     """The engine's DatabaseBackend for the current database case."""
-    backend = conf.get_backend()
+    backend = handler.get_backend()
     assert isinstance(backend, DatabaseBackend)
     return backend
 
@@ -142,7 +147,7 @@ def row_of(backend: DatabaseBackend, claim: Claim) -> IdempotencyRecord:
 
 def seen_by_another_worker(key: str) -> Record | None:
     """What a request running in another thread (its own connection) reads now."""
-    return in_threads(1, lambda _: conf.get_backend().get(key))[0]  # type: ignore[no-any-return]
+    return in_threads(1, lambda _: handler.get_backend().get(key))[0]  # type: ignore[no-any-return]
 
 
 @pytest.fixture
@@ -372,7 +377,7 @@ def test_takeover_fails_once_the_late_owner_completed_the_record(
     assert db_backend.complete(late.storage_key, "late-owner", RESPONSE, ttl=60)
     now = time.time()
     mine = Record.from_claim(make_claim(), now)
-    assert not _Table(connections[db_backend.alias])._take_over(snapshot, mine, now)
+    assert not RecordTable(connections[db_backend.alias]).take_over(snapshot, mine, now)
     assert db_backend.claim(make_claim()).outcome is ClaimOutcome.EXISTING
     assert row_of(db_backend, late).owner_token == "late-owner"
 
@@ -600,6 +605,7 @@ def test_default_alias_is_default() -> None:
         ({"DATABASE": 3}, "IDEMPOTENCY['OPTIONS']['DATABASE'] must be the alias"),
         ({"DATABASE": ""}, "IDEMPOTENCY['OPTIONS']['DATABASE'] must be the alias"),
         ({"DATABSE": "default"}, "Unknown IDEMPOTENCY['OPTIONS'] for DatabaseBackend: ['DATABSE']"),
+        ({"JOIN_TRANSACTIONS": "yes"}, "IDEMPOTENCY['OPTIONS']['JOIN_TRANSACTIONS'] must be True"),
     ],
 )
 def test_bad_options_are_improperly_configured(options: dict[str, Any], message: str) -> None:
@@ -615,7 +621,7 @@ def test_unreachable_database_answers_503_and_runs_nothing() -> None:
         override_settings(IDEMPOTENCY={"BACKEND": DB, "OPTIONS": {"DATABASE": "unreachable"}}),
     ):
         response = Client().post("/create/", data={"n": "1"}, HTTP_IDEMPOTENCY_KEY="down")
-        backend = conf.get_backend()
+        backend = handler.get_backend()
         claim = make_claim()
         operations: list[Callable[[], object]] = [
             lambda: backend.claim(claim),
@@ -724,36 +730,153 @@ def test_private_connections_follow_conn_max_age_and_close_with_the_backend(
 
 
 @on_cases(SERVER_CASES)
-def test_complete_inside_a_transaction_is_stored_when_it_commits(
-    db_backend: DatabaseBackend,
-) -> None:
+def test_completion_inside_a_transaction_commits_with_it(db_backend: DatabaseBackend) -> None:
     claim = make_claim()
     with transaction.atomic(using=db_backend.alias):
         assert db_backend.claim(claim).outcome is ClaimOutcome.CREATED
+        claimed = seen_by_another_worker(claim.storage_key)
         assert db_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
-        during = seen_by_another_worker(claim.storage_key)
+        completed_but_not_committed = seen_by_another_worker(claim.storage_key)
     after = db_backend.get(claim.storage_key)
-    assert during is not None
-    assert during.state is State.IN_PROGRESS
+
+    assert claimed is not None  # the claim was committed apart, visible at once
+    assert completed_but_not_committed is not None
+    assert completed_but_not_committed.state is State.IN_PROGRESS
     assert after is not None
+    assert after.state is State.COMPLETED
     assert after.response == RESPONSE
 
 
 @on_cases(SERVER_CASES)
-def test_complete_after_commit_logs_a_lost_claim_without_the_key(
+def test_a_duplicate_during_the_views_transaction_never_runs_the_view_again(
+    db_backend: DatabaseBackend,
+) -> None:
+    """The response is stored in the still-open transaction: a duplicate gets 409, or
+    waits for the row the completion locked and then gets the replay."""
+    alias = db_backend.alias
+    answers: list[HttpResponse] = []
+
+    def duplicate() -> None:
+        try:
+            answers.append(short_lease_view(anonymous_post("in-flight")))
+        finally:
+            connections.close_all()
+
+    with transaction.atomic(using=alias):
+        first = short_lease_view(anonymous_post("in-flight"))
+        during = threading.Thread(target=duplicate)
+        during.start()
+        during.join(0.5)  # it answers at once, or waits on the completion's row lock
+    during.join(10)
+
+    assert first.status_code == 201
+    assert not during.is_alive()
+    assert answers[0].status_code in (201, 409), answers[0].content
+    if answers[0].status_code == 201:
+        assert answers[0]["Idempotent-Replayed"] == "true"
+    assert effects(alias, "short-lease") == 1
+
+
+@on_cases(SERVER_CASES)
+def test_completion_inside_a_rolled_back_transaction_is_undone_with_it(
+    db_backend: DatabaseBackend,
+) -> None:
+    claim = make_claim()
+
+    def complete_then_roll_back() -> None:
+        with transaction.atomic(using=db_backend.alias):
+            db_backend.claim(claim)
+            db_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
+            raise Rollback
+
+    with pytest.raises(Rollback):
+        complete_then_roll_back()
+    left = db_backend.get(claim.storage_key)
+
+    assert left is not None
+    assert left.state is State.IN_PROGRESS  # nothing vouches for the rolled-back work
+
+
+@on_cases(SERVER_CASES)
+def test_a_completion_that_finds_its_claim_gone_rolls_the_view_back_and_answers_409(
     db_backend: DatabaseBackend, caplog: pytest.LogCaptureFixture
 ) -> None:
-    claim = make_claim("secret-key")
+    alias = db_backend.alias
+    request = anonymous_post("secret-key")
     with (
         caplog.at_level(logging.WARNING, logger="django_idempotency"),
-        transaction.atomic(using=db_backend.alias),
+        transaction.atomic(using=alias),
     ):
-        db_backend.claim(claim)
-        db_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
-        in_threads(1, lambda _: conf.get_backend().delete(claim.storage_key))
-    assert db_backend.get(claim.storage_key) is None
-    assert "no longer ours" in caplog.text
+        guard = engine.begin(request, conf.get_settings().policy)
+        assert isinstance(guard, engine.Guard)
+        SideEffect.objects.using(alias).create(label="superseded")
+        # Another worker took the key over (here: deleted it, as an operator could).
+        in_threads(1, lambda _: handler.get_backend().delete(guard.claim.storage_key))
+        answer = engine.finish(guard, JsonResponse({"id": 1}, status=201))
+
+    assert answer.status_code == 409
+    assert json.loads(answer.content)["type"].endswith(":claim-lost")
+    assert effects(alias, "superseded") == 0  # the view's write was rolled back
+    assert db_backend.get(guard.claim.storage_key) is None
+    assert "complete refused" in caplog.text
     assert "secret-key" not in caplog.text
+
+
+@on_cases(SERVER_CASES)
+def test_a_snapshot_older_than_the_claim_completes_on_commit(db_backend: DatabaseBackend) -> None:
+    """REPEATABLE READ taken before the claim hides its row from the view's transaction."""
+    alias = db_backend.alias
+    claim = make_claim()
+    with transaction.atomic(using=alias):
+        with connections[alias].cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        SideEffect.objects.using(alias).count()  # the snapshot starts here
+        db_backend.claim(claim)  # committed apart, after the snapshot
+
+        def complete() -> None:
+            db_backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
+
+        db_backend.defer_until_commit(complete)
+        during = seen_by_another_worker(claim.storage_key)
+    after = db_backend.get(claim.storage_key)
+
+    assert during is not None
+    assert during.state is State.IN_PROGRESS
+    assert after is not None
+    assert after.state is State.COMPLETED
+    assert after.response == RESPONSE
+
+
+@on_cases(SERVER_CASES)
+@pytest.mark.parametrize("join", [False, True], ids=["private-connection", "join-transactions"])
+def test_join_transactions_puts_claims_in_the_callers_transaction(
+    db_backend: DatabaseBackend, join: bool
+) -> None:
+    """For suites whose tests each roll back a transaction: the records roll back too."""
+    backend = DatabaseBackend({"DATABASE": db_backend.alias, "JOIN_TRANSACTIONS": join})
+    claim = make_claim()
+    seen: list[Record | None] = []
+
+    def claim_then_roll_back() -> None:
+        with transaction.atomic(using=backend.alias):
+            assert backend.claim(claim).outcome is ClaimOutcome.CREATED
+            seen.append(seen_by_another_worker(claim.storage_key))
+            raise Rollback
+
+    try:
+        with pytest.raises(Rollback):
+            claim_then_roll_back()
+        after = db_backend.get(claim.storage_key)
+    finally:
+        backend.close()
+    during = seen[0]
+
+    if join:
+        assert during is None  # not committed yet
+        assert after is None  # rolled back with the caller's transaction
+    else:
+        assert during is not None  # committed apart, visible at once
+        assert after is not None
 
 
 # -- SQLite under ATOMIC_REQUESTS ---------------------------------------------------

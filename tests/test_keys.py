@@ -6,6 +6,8 @@ import pytest
 
 from django_idempotency.keys import InvalidKey, log_label, parse_key, storage_key
 
+pytestmark = pytest.mark.smoke
+
 
 @pytest.mark.parametrize(
     ("raw", "key"),

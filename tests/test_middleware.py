@@ -9,15 +9,18 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
+from django.test import AsyncClient, Client
 from model_bakery import baker
 
+from django_idempotency import signals
 from django_idempotency.backends.base import BaseBackend
+from django_idempotency.conf import MAX_SECONDS
 from django_idempotency.fingerprint import fingerprint
 from django_idempotency.keys import storage_key
-from django_idempotency.records import Claim, State
+from django_idempotency.records import Claim, Record, State
 from tests.backends import BackendCase
 from tests.http import BODY, assert_problem, executions, post
+from tests.testapp.models import SideEffect
 from tests.testapp.views import BINARY_BODY
 
 pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
@@ -31,7 +34,7 @@ def claim_as_request(
         storage_key=storage_key("anonymous", key),
         key=key,
         scope="anonymous",
-        fingerprint=fingerprint("anonymous", "POST", path, body),
+        fingerprint=fingerprint("anonymous", "POST", path, "", body),
         method="POST",
         path=path,
         owner_token="other-worker",
@@ -44,6 +47,25 @@ def claim_as_request(
 # -- first request and replay ----------------------------------------------------
 
 
+@pytest.mark.idempotency(TTL=MAX_SECONDS, LOCK_TTL=MAX_SECONDS)
+def test_the_longest_ttl_and_lease_are_stored_and_replayed_by_every_backend(
+    backend_case: BackendCase, client: Client, idempotency_backend: BaseBackend
+) -> None:
+    """The bound on TTL and LOCK_TTL is one every store can date (a 500 came from 10**12)."""
+    started = time.time()
+
+    first = post(client)
+    retry = post(client)
+
+    assert first.status_code == 201
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.content == first.content
+    assert executions() == 1
+    record = idempotency_backend.get(storage_key("anonymous", "key-1"))
+    assert record is not None
+    assert record.expires_at >= started + MAX_SECONDS - 1
+
+
 def test_first_request_runs_the_view_once(backend_case: BackendCase, client: Client) -> None:
     response = post(client)
 
@@ -52,6 +74,7 @@ def test_first_request_runs_the_view_once(backend_case: BackendCase, client: Cli
     assert "Idempotent-Replayed" not in response
 
 
+@pytest.mark.smoke
 def test_retry_after_completion_replays_stored_response_byte_for_byte(
     backend_case: BackendCase, client: Client
 ) -> None:
@@ -131,6 +154,7 @@ def test_key_of_max_length_is_accepted(backend_case: BackendCase, client: Client
         pytest.param('"bad\\escape"', id="bad-escape"),
     ],
 )
+@pytest.mark.smoke
 def test_malformed_key_answers_400_and_runs_nothing(
     backend_case: BackendCase, client: Client, raw_key: str
 ) -> None:
@@ -176,6 +200,7 @@ def test_header_name_is_configurable(backend_case: BackendCase, client: Client) 
 # -- fingerprints -------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_same_key_with_different_body_answers_422_and_keeps_original(
     backend_case: BackendCase, client: Client
 ) -> None:
@@ -257,7 +282,7 @@ def test_expired_lease_is_taken_over_and_old_owner_cannot_complete(
     backend_case: BackendCase, client: Client, idempotency_backend: BaseBackend
 ) -> None:
     stale = claim_as_request(idempotency_backend, "key-1", lease=1)
-    time.sleep(1.2)
+    time.sleep(1.2 + backend_case.lease_slack)
 
     response = post(client)
     retry = post(client)
@@ -346,17 +371,99 @@ def test_csrf_rejection_uses_up_no_key(
     assert executions() == 0
 
 
-def test_streaming_response_passes_through_and_is_not_stored(
-    backend_case: BackendCase, client: Client, caplog: pytest.LogCaptureFixture
-) -> None:
-    caplog.set_level(logging.WARNING, logger="django_idempotency")
-    first = post(client, "/stream/")
-    retry = post(client, "/stream/")
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "django_idempotency" and r.levelno == logging.WARNING
+    ]
 
-    assert b"".join(first.streaming_content) == b"chunk-1;chunk-2;chunk-3"  # type: ignore[attr-defined]
-    assert b"".join(retry.streaming_content) == b"chunk-1;chunk-2;chunk-3"  # type: ignore[attr-defined]
-    assert executions("stream") == 2
-    assert "streaming response" in caplog.text
+
+def test_a_streaming_response_passes_through_and_counts_as_executed(
+    backend_case: BackendCase,
+    client: Client,
+    idempotency_backend: BaseBackend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_idempotency")
+    first = post(client, "/stream/")
+    streamed = b"".join(first.streaming_content)  # type: ignore[attr-defined]
+    retries = [post(client, "/stream/") for _ in range(2)]
+
+    assert first.status_code == 200
+    assert streamed == b"chunk-1;chunk-2;chunk-3"  # passed through intact
+    for retry in retries:
+        problem = assert_problem(retry, 409, "response-not-replayable")
+        assert problem["original_status"] == 200
+    assert executions("stream") == 1  # never run again
+    record = idempotency_backend.get(storage_key("anonymous", "key-1"))
+    assert record is not None
+    assert record.state is State.COMPLETED
+    assert record.response is not None
+    assert record.response.body is None  # status and headers kept, body dropped
+    assert ("Content-Type", "text/html; charset=utf-8") in record.response.headers
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1  # once per record, at completion; the retries log INFO
+    assert "completed without its response (a streaming response)" in warnings[0]
+
+
+@pytest.mark.idempotency(MAX_RESPONSE_BYTES=1000)
+def test_a_response_over_max_response_bytes_is_sent_whole_and_not_replayed(
+    backend_case: BackendCase,
+    client: Client,
+    idempotency_backend: BaseBackend,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="django_idempotency")
+    large = post(client, "/sized/1001/", key="large")
+    large_retry = post(client, "/sized/1001/", key="large")
+    small = post(client, "/sized/1000/", key="small")
+    small_retry = post(client, "/sized/1000/", key="small")
+
+    assert large.status_code == 201
+    assert large.content == b"x" * 1001
+    problem = assert_problem(large_retry, 409, "response-not-replayable")
+    assert problem["original_status"] == 201
+    assert small_retry["Idempotent-Replayed"] == "true"
+    assert small_retry.content == small.content == b"x" * 1000
+    assert executions("sized") == 2  # each once
+    record = idempotency_backend.get(storage_key("anonymous", "large"))
+    assert record is not None
+    assert record.response is not None
+    assert record.response.body is None
+    assert record.response.status == 201
+    warnings = _warnings(caplog)
+    assert len(warnings) == 1
+    assert "1001 bytes, over MAX_RESPONSE_BYTES (1000)" in warnings[0]
+
+
+@pytest.mark.idempotency(MAX_RESPONSE_BYTES=None)
+def test_max_response_bytes_none_keeps_every_body_the_store_takes(
+    backend_case: BackendCase, client: Client
+) -> None:
+    first = post(client, "/sized/1200000/")
+    retry = post(client, "/sized/1200000/")
+
+    assert executions("sized") == 1
+    if backend_case.id in ("nats", "cache-memcached"):  # over the store's largest value (1 MiB)
+        assert_problem(retry, 409, "response-not-replayable")
+        return
+    assert retry["Idempotent-Replayed"] == "true"
+    assert retry.content == first.content
+
+
+async def test_an_async_streaming_response_counts_as_executed(backend_case: BackendCase) -> None:
+    client = AsyncClient()
+    headers = {"Idempotency-Key": "async-stream"}
+    send: Any = client.post
+
+    first = await send("/async-stream/", BODY, content_type="application/json", headers=headers)
+    chunks = [chunk async for chunk in first.streaming_content]
+    retry = await send("/async-stream/", BODY, content_type="application/json", headers=headers)
+
+    assert b"".join(chunks) == b"async-1;async-2"
+    assert_problem(retry, 409, "response-not-replayable")
+    assert await SideEffect.objects.filter(label="async-stream").acount() == 1
 
 
 @pytest.mark.parametrize("method", ["get", "head", "options", "trace"])
@@ -392,6 +499,7 @@ def test_guarded_methods_are_configurable(backend_case: BackendCase, client: Cli
 # -- scopes ---------------------------------------------------------------------------
 
 
+@pytest.mark.smoke
 def test_keys_are_scoped_per_user(backend_case: BackendCase) -> None:
     alice, bob = baker.make(User, _quantity=2)
     alice_client, bob_client = Client(), Client()
@@ -527,3 +635,41 @@ def test_auth_middleware_rejection_uses_up_no_key(
     assert rejected.status_code == 302  # to the login page
     assert idempotency_backend.get(storage_key("anonymous", "key-1")) is None
     assert executions() == 0
+
+
+@pytest.mark.idempotency(AUTO_KEY=True)
+def test_a_client_key_can_never_reach_the_record_of_a_keyless_request(
+    backend_case: BackendCase, client: Client, idempotency_backend: BaseBackend
+) -> None:
+    derived: list[str] = []
+
+    def remember(sender: object, record: Record, **kwargs: object) -> None:
+        derived.append(record.key)
+
+    signals.claimed.connect(remember)
+    try:
+        post(client, key=None)
+    finally:
+        signals.claimed.disconnect(remember)
+    idempotency_backend.delete(storage_key("anonymous", derived[0]))
+    look_alike = "auto:" + derived[0][len("auto:") :]
+
+    squatter = post(client, key=look_alike, body=b'{"amount": "0.01"}')
+    victim = post(client, key=None)
+
+    assert squatter.status_code == 201
+    assert victim.status_code == 201  # its own execution, not the squatter's 422 or replay
+    assert "Idempotent-Replayed" not in victim
+    assert_problem(post(client, key=derived[0]), 400, "key-invalid")  # no header carries it
+    assert executions() == 3
+
+
+@pytest.mark.smoke
+def test_a_custom_reason_phrase_is_replayed(backend_case: BackendCase, client: Client) -> None:
+    first = post(client, "/custom-reason/")
+    retry = post(client, "/custom-reason/")
+
+    assert first.status_code == retry.status_code == 202
+    assert first.reason_phrase == retry.reason_phrase == "Queued For Review"
+    assert retry["Idempotent-Replayed"] == "true"
+    assert executions("custom-reason") == 1

@@ -7,8 +7,9 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from django.test import override_settings
 
-from django_idempotency.models import IdempotencyRecord, to_datetime, to_epoch
+from django_idempotency.models import IdempotencyRecord
 from django_idempotency.records import Record, State, StoredResponse
+from django_idempotency.rows import to_datetime, to_epoch
 
 EPOCH = 1_700_000_000.123456  # 2023-11-14 22:13:20.123456 UTC
 

@@ -11,6 +11,7 @@ test writes is deleted afterwards.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 import threading
 from collections.abc import Iterator
@@ -24,11 +25,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.test import AsyncClient, Client, override_settings
 
 from django_idempotency.backends.base import BaseBackend, StorageError
+from django_idempotency.backends.cache import CacheBackend
 from django_idempotency.backends.redis import RedisBackend
+from django_idempotency.backends.redis_client import scan_keys
 from django_idempotency.backends.serialization import FORMAT_VERSION
 from django_idempotency.checks import check_backend
+from django_idempotency.keys import storage_key
 from django_idempotency.records import Claim, ClaimOutcome
-from tests.backends import CASES_BY_ID, REDIS_NATIVE, REDIS_URL_CASE, BackendCase
+from tests.backends import CACHE, CASES_BY_ID, REDIS_NATIVE, REDIS_URL_CASE, BackendCase
 from tests.conftest import NewClaim, require_service
 from tests.http import BODY, executions, post
 from tests.services import REDIS, REDIS_URL
@@ -39,6 +43,9 @@ REDIS_CASES = [CASES_BY_ID["redis"], REDIS_URL_CASE]
 redis_cases = pytest.mark.parametrize(
     "backend_case", REDIS_CASES, indirect=True, ids=[case.id for case in REDIS_CASES]
 )
+WORKER_KEY = re.compile(rf"idempotency-test-{re.escape(RUN_ID)}[:-]")
+"""A key of this test worker's: its cache's and its URL cases' prefixes start so."""
+
 cache_case = pytest.mark.parametrize(
     "backend_case", [CASES_BY_ID["redis"]], indirect=True, ids=["redis"]
 )
@@ -60,10 +67,13 @@ def redis_key(backend: BaseBackend, storage_key: str) -> str:
 
 @contextmanager
 def commands_sent(url: str = REDIS_URL) -> Iterator[list[str]]:
-    """The commands clients send to the test database inside the block.
+    """The commands this test's clients send to the test database inside the block.
 
-    Seen by Redis's MONITOR; commands run by Lua scripts are left out. The
-    block's end is marked by an ECHO from a connection opened beforehand.
+    Seen by Redis's MONITOR; commands run by Lua scripts are left out. This
+    test's clients are the connections that sent a key of this test worker's
+    prefix (other pytest-xdist workers share the database): every command of
+    theirs counts, a reconnect's handshake too. The block's end is marked by
+    an ECHO from a connection opened beforehand.
     """
     database = redis.Redis.from_url(url).connection_pool.connection_kwargs["db"]
     marker = f"end-of-measure-{secrets.token_hex(8)}"
@@ -91,10 +101,18 @@ def commands_sent(url: str = REDIS_URL) -> Iterator[list[str]]:
         marker_client.close()
         monitor_client.close()
     assert not thread.is_alive(), "MONITOR never saw the end marker"
+    sent = [
+        command for command in seen if command["db"] == database and command["client_type"] != "lua"
+    ]
+    ours = {
+        (command["client_address"], command["client_port"])
+        for command in sent
+        if WORKER_KEY.search(command["command"])
+    }
     commands += [
         command["command"]
-        for command in seen
-        if command["db"] == database and command["client_type"] != "lua"
+        for command in sent
+        if (command["client_address"], command["client_port"]) in ours
     ]
 
 
@@ -212,6 +230,38 @@ def test_scan_matches_the_key_prefix_literally(raw: redis.Redis) -> None:
     assert seen == [claim.storage_key]
 
 
+class ScanReorderedByARehash:
+    """SCAN as Redis answers a repeated call after other clients made it rehash its table.
+
+    Not a stand-in for Redis: ``scan_keys`` pages over whatever SCAN returns,
+    and this replays one documented answer (the same bucket's keys, in another
+    order the second time) that a real server gives only under a racing load.
+    """
+
+    KEYS = (b"p:a", b"p:b", b"p:c", b"p:d")
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def scan(self, cursor: int, *, match: str, count: int) -> tuple[int, list[bytes]]:
+        self.calls += 1
+        return 0, list(self.KEYS if self.calls == 1 else self.KEYS[::-1])
+
+
+def test_a_page_split_inside_one_scan_call_loses_no_key_when_the_call_comes_back_reordered() -> (
+    None
+):
+    client = ScanReorderedByARehash()
+
+    first, cursor = scan_keys(client, "p:*", None, 3)
+    second, end = scan_keys(client, "p:*", cursor, 3)
+
+    assert len(first) == 3
+    assert end is None
+    assert set(first) | set(second) == set(ScanReorderedByARehash.KEYS)
+    assert not set(first) & set(second)  # what the first page took is skipped, by name
+
+
 @redis_cases
 def test_foreign_values_are_storage_errors(
     idempotency_backend: BaseBackend, new_claim: NewClaim, raw: redis.Redis
@@ -279,7 +329,6 @@ async def test_close_disconnects_the_running_loops_client(raw: redis.Redis) -> N
     [
         ({}, "neither given"),
         ({"CACHE": "redis", "URL": REDIS_URL}, "both given"),
-        ({"CACHE": "nowhere"}, "'nowhere' is not a cache alias"),
         ({"CACHE": "locmem"}, "only a django-redis cache"),
     ],
 )
@@ -293,6 +342,17 @@ def test_unusable_connection_options_are_e011_and_fail_loudly_at_runtime(
     assert [m.id for m in messages] == ["django_idempotency.E011"]
     assert message in messages[0].msg
     with pytest.raises(ImproperlyConfigured, match=message):
+        backend.get("0" * 64)
+
+
+def test_unknown_cache_alias_is_e011_and_a_storage_error_at_runtime() -> None:
+    backend = RedisBackend({"CACHE": "nowhere"})
+
+    messages = backend.check()
+
+    assert [m.id for m in messages] == ["django_idempotency.E011"]
+    assert "'nowhere' is not a cache alias" in messages[0].msg
+    with pytest.raises(StorageError, match="'nowhere' is not a cache alias"):
         backend.get("0" * 64)
 
 
@@ -332,3 +392,106 @@ def test_keys_reuse_the_cache_key_prefix_by_default(
     idempotency_backend.claim(claim)
 
     assert raw.exists(f"idempotency-test-{RUN_ID}:idempotency:{claim.storage_key}")
+
+
+# -- clients that decode replies as text ---------------------------------------------------
+
+
+def _redis_cache(**options: Any) -> dict[str, Any]:
+    return {"BACKEND": "django_redis.cache.RedisCache", "LOCATION": REDIS_URL, **options}
+
+
+@pytest.mark.parametrize(
+    ("options", "caches", "where"),
+    [
+        ({"URL": REDIS_URL + "?decode_responses=True"}, {}, r"\['URL'\]"),
+        (
+            {"CACHE": "decoding"},
+            {
+                "decoding": _redis_cache(
+                    OPTIONS={"CONNECTION_POOL_KWARGS": {"decode_responses": True}}
+                )
+            },
+            r"settings\.CACHES\['decoding'\]",
+        ),
+        (
+            {"CACHE": "decoding"},
+            {"decoding": _redis_cache(LOCATION=REDIS_URL + "?decode_responses=1")},
+            r"settings\.CACHES\['decoding'\]",
+        ),
+    ],
+    ids=["url", "cache-pool-kwargs", "cache-location"],
+)
+def test_a_connection_that_decodes_replies_is_refused_when_the_backend_is_built(
+    settings: Any, options: dict[str, Any], caches: dict[str, Any], where: str
+) -> None:
+    settings.CACHES = {**settings.CACHES, **caches}
+    settings.IDEMPOTENCY = {"BACKEND": REDIS_NATIVE, "OPTIONS": options}
+
+    with pytest.raises(ImproperlyConfigured, match=f"{where}.*decode_responses.*remove"):
+        RedisBackend(options)
+    messages = check_backend()
+    assert [message.id for message in messages] == ["django_idempotency.E003"]
+    assert "decode_responses" in messages[0].msg
+
+
+@pytest.mark.parametrize(
+    "cache",
+    [
+        _redis_cache(OPTIONS={"CONNECTION_POOL_KWARGS": {"decode_responses": True}}),
+        _redis_cache(LOCATION=REDIS_URL + "?decode_responses=1"),
+    ],
+    ids=["pool-kwargs", "location"],
+)
+def test_cache_backend_over_a_cache_that_decodes_replies_is_refused_when_built(
+    settings: Any, cache: dict[str, Any]
+) -> None:
+    """CacheBackend writes to a django-redis cache with RedisBackend's code, and refuses alike."""
+    settings.CACHES = {**settings.CACHES, "decoding": cache}
+    settings.IDEMPOTENCY = {"BACKEND": CACHE, "OPTIONS": {"CACHE": "decoding"}}
+
+    with pytest.raises(
+        ImproperlyConfigured, match=r"settings\.CACHES\['decoding'\].*decode_responses"
+    ):
+        CacheBackend({"CACHE": "decoding"})
+    messages = check_backend()
+    assert [message.id for message in messages] == ["django_idempotency.E003"]
+    assert "decode_responses" in messages[0].msg
+
+
+@pytest.mark.django_db(transaction=True, databases="__all__")
+@pytest.mark.parametrize("policy", ["fail", "pass"])
+def test_a_reply_the_client_cannot_decode_is_a_storage_error_never_a_500(
+    settings: Any, policy: str
+) -> None:
+    require_service(REDIS)
+    separator = "&" if "?" in REDIS_URL else "?"
+    decoding = _redis_cache(
+        # A URL of its own: django-redis shares one pool per URL between all its caches.
+        LOCATION=f"{REDIS_URL}{separator}client_name=idempotency-decoding-test",
+        KEY_PREFIX=f"idempotency-test-{RUN_ID}-decoding",
+        OPTIONS={"CONNECTION_FACTORY": "tests.testapp.redis_factories.DecodingConnectionFactory"},
+    )
+    settings.CACHES = {**settings.CACHES, "decoding": decoding}
+    settings.IDEMPOTENCY = {
+        "BACKEND": REDIS_NATIVE,
+        "OPTIONS": {"CACHE": "decoding"},
+        "ON_STORAGE_ERROR": policy,
+    }
+    client = Client(raise_request_exception=False)
+    try:
+        first = post(client, "/binary/")
+        retry = post(client, "/binary/")
+    finally:
+        redis.Redis.from_url(REDIS_URL).delete(
+            f"idempotency-test-{RUN_ID}-decoding:idempotency:{storage_key('anonymous', 'key-1')}"
+        )
+
+    assert first.status_code == 200
+    if policy == "fail":
+        assert retry.status_code == 503
+        assert retry["Content-Type"] == "application/problem+json"
+        assert executions("binary") == 1
+    else:
+        assert retry.status_code == 200  # run unguarded rather than fail
+        assert executions("binary") == 2

@@ -51,12 +51,21 @@ the alias's connection is in an atomic block:
   autocommit connection to the same database, one per thread, opened on
   first use and closed (or kept) after each use exactly as the alias's
   ``CONN_MAX_AGE`` says; :meth:`DatabaseBackend.close` closes them all.
-  ``complete`` is deferred with ``transaction.on_commit``: the response is
-  stored only if the view's transaction commits, so a replay never vouches
-  for work that was rolled back. A view that raises is released at once by
-  the decorator. A transaction that rolls back after the view returned leaves
-  the claim in progress until its lease (``LOCK_TTL``) ends; a retry then
-  takes it over and runs the view again.
+  Completing runs on the view's own connection, inside its transaction: the
+  response commits with the view's writes or not at all, so a process that
+  dies right after the commit leaves a replay, and a replay never vouches
+  for work that was rolled back. The completing ``UPDATE`` is fenced on the
+  owner token: a claim taken over meanwhile (a worker frozen past its lease)
+  rolls the view's transaction back (:class:`RolledBack`). A transaction
+  that cannot see its claim (REPEATABLE READ or SERIALIZABLE, its snapshot
+  older than the claim) completes on commit instead. A view that raises is
+  released at once by the decorator. A transaction that rolls back after the
+  view returned leaves the claim in progress until its lease (``LOCK_TTL``)
+  ends; a retry then takes it over and runs the view again.
+* Renewals run on a private connection in every case, from the renewal
+  thread or an executor thread; on PostgreSQL they skip a row locked by a
+  completion still uncommitted, and on MariaDB wait at most a second for it,
+  so one transaction left open never holds up the renewals of the process.
 * SQLite: the statements join the caller's transaction instead. SQLite has
   one writer per database file: a second connection of the same thread blocks
   on the lock the view's transaction holds as soon as it has written, or
@@ -65,9 +74,12 @@ the alias's connection is in an atomic block:
   back together with the view's writes (a rollback then acts as a release),
   and a concurrent duplicate waits for the write lock and then sees the
   committed record.
-* Inside a ``django.test.TestCase``: the statements join the test's
-  transaction on every vendor, so that records are rolled back with the test
-  like any other row.
+* With ``"JOIN_TRANSACTIONS": True`` in OPTIONS, every vendor joins the
+  caller's transaction as SQLite does. For test suites whose tests each run
+  in a transaction that is rolled back (``django.test.TestCase``,
+  pytest-django's ``db`` fixture), so that records go with the test's other
+  rows; never for a project with several workers, which would not see each
+  other's claims until commit.
 
 SQLite locking
 --------------
@@ -91,37 +103,28 @@ process's clock (:meth:`BaseBackend.now`), never with the database's.
 
 from __future__ import annotations
 
-import logging
-import threading
-import weakref
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
-from typing import TYPE_CHECKING, Any, cast
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 
 from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
-from django.db import DEFAULT_DB_ALIAS, Error, IntegrityError, connections, transaction
+from django.db import DEFAULT_DB_ALIAS, Error, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils.connection import ConnectionDoesNotExist
 
-from django_idempotency.backends.base import BaseBackend, StorageError
-from django_idempotency.keys import log_label
-from django_idempotency.records import (
-    Claim,
-    ClaimOutcome,
-    ClaimResult,
-    Record,
-    State,
-    StoredResponse,
+from django_idempotency.backends.base import BaseBackend, RolledBack, StorageError
+from django_idempotency.backends.changes import ChangeListener, Watch
+from django_idempotency.backends.db_changes import can_listen, change_listener
+from django_idempotency.backends.db_connections import (
+    PrivateConnections,
+    drop_if_broken,
+    needs_private_connection,
 )
-
-if TYPE_CHECKING:
-    from django.db.models import Field
-
-    from django_idempotency.models import IdempotencyRecord
-
-logger = logging.getLogger("django_idempotency")
+from django_idempotency.backends.db_statements import RecordTable, sql_for
+from django_idempotency.keys import log_label
+from django_idempotency.records import Claim, ClaimResult, Record, State, StoredResponse
 
 CLAIM_ATTEMPTS = 5
 """How often a claim reads and writes again when the record keeps changing under it."""
@@ -135,8 +138,10 @@ class DatabaseBackend(BaseBackend):
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
-        self.alias = _database_alias(self.options)
-        self._private = _PrivateConnections(self.alias)
+        self.alias, self.join_transactions = _parse_options(self.options)
+        self.model_database = self.alias
+        self._private = PrivateConnections(self.alias)
+        self._changes = ChangeListener("postgresql-changes", change_listener(self.alias))
 
     # -- the atomic core ----------------------------------------------------
 
@@ -146,7 +151,7 @@ class DatabaseBackend(BaseBackend):
         mine = Record.from_claim(claim, now)
         for _attempt in range(CLAIM_ATTEMPTS):
             with self._connection() as connection:
-                result = _Table(connection).claim(mine, now)
+                result = RecordTable(connection).claim(mine, now)
             if result is not None:
                 return result
         raise StorageError(
@@ -159,34 +164,102 @@ class DatabaseBackend(BaseBackend):
     ) -> bool:
         """Store the response, if the record is still ours.
 
-        Inside the caller's transaction (PostgreSQL, MySQL) this only arranges
-        for the response to be stored when that transaction commits, and
-        returns True.
+        Inside an atomic block on the records' database, the owner-fenced
+        UPDATE runs on the view's own connection, in its transaction: the
+        response commits with the view's writes or not at all, so a process
+        that dies right after the commit leaves a record to replay, never a
+        claim whose view would run again. If the claim is no longer ours
+        there, or the UPDATE fails, the transaction is marked for rollback and
+        :class:`RolledBack` raised.
         """
-        if not _needs_private_connection(self._shared_connection()):
-            return self._complete_now(storage_key, owner_token, response, ttl)
+        now = self.now()
+        shared = self._shared_connection()
+        if not shared.in_atomic_block:
+            with self._connection() as connection:
+                return RecordTable(connection).complete(
+                    storage_key, owner_token, response, now, now + ttl
+                )
+        try:
+            with self._errors(shared):
+                stored = RecordTable(shared).complete(
+                    storage_key, owner_token, response, now, now + ttl
+                )
+        except StorageError as error:
+            transaction.set_rollback(True, using=self.alias)
+            raise RolledBack(
+                f"Storing the response inside the view's transaction failed, so that "
+                f"transaction is rolled back: {error}",
+                lost=False,
+            ) from error
+        if stored:
+            return True
+        current = self.get(storage_key)  # as committed, outside the view's transaction
+        if current is not None and current.owner_token == owner_token:
+            if current.state is State.COMPLETED:
+                return True  # a retried complete
+            raise _ClaimNotVisible  # see defer_until_commit
+        transaction.set_rollback(True, using=self.alias)
+        raise RolledBack(
+            "The claim is no longer this request's (its lease lapsed and a retry took the "
+            "key over), so the view's transaction is rolled back.",
+            lost=True,
+        )
 
-        def complete_after_commit() -> None:
-            self._complete_after_commit(storage_key, owner_token, response, ttl)
+    def defer_until_commit(self, callback: Callable[[], None]) -> None:
+        """Run the completion now: inside the view's transaction, :meth:`complete` writes there.
 
-        transaction.on_commit(complete_after_commit, using=self.alias, robust=True)
-        return True
+        Only when that transaction cannot see the claim does it wait for the
+        commit (and never run on a rollback): a REPEATABLE READ or
+        SERIALIZABLE snapshot taken before the claim was committed apart hides
+        the claim's row from the view's connection. Such a response is then
+        stored just after the commit, with the window that leaves (see
+        README.rst, "Crash-consistent completion").
+        """
+        try:
+            callback()
+        except _ClaimNotVisible:
+            transaction.on_commit(callback, using=self.alias, robust=True)
+
+    def renew(self, storage_key: str, owner_token: str, lease_seconds: int) -> bool:
+        """Move the lease end of our in-progress record (one owner-fenced UPDATE).
+
+        Always on a private connection: renewals run in the renewal thread or
+        an executor thread, never the request's, and Django closes the
+        connections of those threads only at process exit; a private one
+        follows ``CONN_MAX_AGE`` after each use.
+        """
+        with self._errors(self._shared_connection()), self._private.connection() as connection:
+            return RecordTable(connection).renew(
+                storage_key, owner_token, self.now() + lease_seconds
+            )
+
+    def needs_renewal(self) -> bool:
+        """False when this thread's claim joined the view's open transaction (SQLite).
+
+        Such a claim is invisible to other requests until the transaction
+        commits, with the completion in it; a renewal from the scheduler's own
+        connection would only wait for SQLite's write lock.
+        """
+        shared = self._shared_connection()
+        return not shared.in_atomic_block or needs_private_connection(
+            shared, self.join_transactions
+        )
 
     def release(self, storage_key: str, owner_token: str) -> bool:
         """Delete the record if it is ours and still in progress."""
         with self._connection() as connection:
-            return _Table(connection).release(storage_key, owner_token)
+            return RecordTable(connection).release(storage_key, owner_token)
 
     def get(self, storage_key: str) -> Record | None:
         """The stored record, live or dead."""
         with self._connection() as connection:
-            row = _Table(connection).read(storage_key)
+            row = RecordTable(connection).read(storage_key)
         return None if row is None else row.to_record()
 
     def delete(self, storage_key: str) -> bool:
         """Delete the record whatever its state or owner."""
         with self._connection() as connection:
-            return _Table(connection).delete(storage_key)
+            return RecordTable(connection).delete(storage_key)
 
     # -- housekeeping -------------------------------------------------------
 
@@ -202,7 +275,7 @@ class DatabaseBackend(BaseBackend):
         now = self.now()
         while True:
             with self._connection() as connection:
-                selected, deleted = _Table(connection).purge_batch(now, batch_size)
+                selected, deleted = RecordTable(connection).purge_batch(now, batch_size)
             if not selected:
                 return
             if deleted:
@@ -211,14 +284,14 @@ class DatabaseBackend(BaseBackend):
     def count_expired(self) -> int:
         """How many records are dead now."""
         with self._connection() as connection:
-            return _Table(connection).count_expired(self.now())
+            return RecordTable(connection).count_expired(self.now())
 
     def scan(self, cursor: str | None = None, count: int = 100) -> tuple[list[Record], str | None]:
         """Records by primary key; the cursor is the last primary key of the page."""
         _positive(count, "count")
         after = 0 if cursor is None else int(cursor)
         with self._connection() as connection:
-            rows = _Table(connection).page(after, count + 1)
+            rows = RecordTable(connection).page(after, count + 1)
         next_cursor = str(rows[count - 1].pk) if len(rows) > count else None
         return [row.to_record() for row in rows[:count]], next_cursor
 
@@ -247,7 +320,10 @@ class DatabaseBackend(BaseBackend):
                     id="django_idempotency.W021",
                 )
             ]
-        if _model()._meta.db_table in tables or "django_migrations" not in tables:
+        if (
+            sql_for(connections[self.alias]).table_name in tables
+            or "django_migrations" not in tables
+        ):
             # A database never migrated is about to be (this check also runs at the
             # start of the first ``migrate``), and Django already lists its unapplied
             # migrations; the warning is for a project that migrated without this app.
@@ -261,9 +337,28 @@ class DatabaseBackend(BaseBackend):
             )
         ]
 
+    def watch(self, storage_key: str) -> Watch:
+        """On PostgreSQL (psycopg 3), woken by ``NOTIFY``; elsewhere a poll."""
+        if not self._can_listen():
+            return super().watch(storage_key)
+        return self._changes.watch(storage_key)
+
+    async def awatch(self, storage_key: str) -> Watch:
+        """Async :meth:`watch`."""
+        if not self._can_listen():
+            return await super().awatch(storage_key)
+        return await self._changes.awatch(storage_key)
+
     def close(self) -> None:
-        """Close the private connections of every thread."""
+        """Close the private connections of every thread, and the listener's."""
+        self._changes.close()
         self._private.close_all()
+
+    def _can_listen(self) -> bool:
+        try:
+            return can_listen(self.alias)
+        except ConnectionDoesNotExist:
+            return False
 
     # -- helpers ------------------------------------------------------------
 
@@ -278,341 +373,39 @@ class DatabaseBackend(BaseBackend):
     def _connection(self) -> Iterator[BaseDatabaseWrapper]:
         """The connection a statement runs on; database errors become StorageError."""
         shared = self._shared_connection()
-        try:
-            if not _needs_private_connection(shared):
+        with self._errors(shared):
+            if not needs_private_connection(shared, self.join_transactions):
                 yield shared
             else:
                 with self._private.connection() as private:
                     yield private
-        except (Error, ConnectionDoesNotExist) as error:
-            raise StorageError(f"Database {self.alias!r} failed: {error}") from error
-
-    def _complete_now(
-        self, storage_key: str, owner_token: str, response: StoredResponse, ttl: int
-    ) -> bool:
-        now = self.now()
-        with self._connection() as connection:
-            return _Table(connection).complete(storage_key, owner_token, response, now, now + ttl)
-
-    def _complete_after_commit(
-        self, storage_key: str, owner_token: str, response: StoredResponse, ttl: int
-    ) -> None:
-        """Store the response once the view's transaction committed; never raise there."""
-        try:
-            stored = self._complete_now(storage_key, owner_token, response, ttl)
-        except StorageError as error:
-            logger.error(
-                "idempotency key %s: storage error on complete after commit; the claim stays "
-                "until its lease expires: %s",
-                log_label(storage_key),
-                error,
-            )
-            return
-        if not stored:
-            logger.warning(
-                "idempotency key %s: the response was not stored, the claim was no longer ours "
-                "when the transaction committed; raise LOCK_TTL above the view's longest run",
-                log_label(storage_key),
-            )
-
-
-def _needs_private_connection(connection: BaseDatabaseWrapper) -> bool:
-    """Whether statements must stay out of the caller's transaction (see the module doc)."""
-    if not connection.in_atomic_block or connection.vendor == "sqlite":
-        return False
-    return not any(getattr(block, "_from_testcase", False) for block in connection.atomic_blocks)
-
-
-class _PrivateConnections:
-    """One autocommit connection per thread to the alias's database, apart from Django's.
-
-    After each use the connection is closed or kept as the alias's
-    ``CONN_MAX_AGE`` and health checks say, as Django does at the end of a
-    request; a connection left by a finished thread is closed with it.
-    """
-
-    def __init__(self, alias: str) -> None:
-        self.alias = alias
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._wrappers: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
 
     @contextmanager
-    def connection(self) -> Iterator[BaseDatabaseWrapper]:
-        wrapper: BaseDatabaseWrapper | None = getattr(self._local, "wrapper", None)
-        if wrapper is None:
-            wrapper = connections.create_connection(self.alias)
-            self._local.wrapper = wrapper
-            with self._lock:
-                self._wrappers.add(wrapper)
+    def _errors(self, shared: BaseDatabaseWrapper) -> Iterator[None]:
+        """Database errors as StorageError; a connection they broke is dropped."""
         try:
-            yield wrapper
-        finally:
-            with suppress(Error):
-                wrapper.close_if_unusable_or_obsolete()
-
-    def close_all(self) -> None:
-        with self._lock:
-            wrappers = list(self._wrappers)
-        for wrapper in wrappers:
-            wrapper.inc_thread_sharing()  # close() may come from another thread
-            try:
-                with suppress(Error):
-                    wrapper.close()
-            finally:
-                wrapper.dec_thread_sharing()
+            yield
+        except (Error, ConnectionDoesNotExist) as error:
+            drop_if_broken(shared)
+            raise StorageError(f"Database {self.alias!r} failed: {error}") from error
 
 
-class _Table:
-    """The backend's SQL statements on one connection, spelled for its vendor."""
-
-    def __init__(self, connection: BaseDatabaseWrapper) -> None:
-        from django_idempotency.models import IdempotencyRecord, to_datetime
-
-        self.connection = connection
-        self.model = IdempotencyRecord
-        self.to_datetime = to_datetime
-        self.fields: list[Field[Any, Any]] = list(self.model._meta.concrete_fields)
-        self.table = self._name(self.model._meta.db_table)
-        self.columns = ", ".join(self._name(_column(field)) for field in self.fields)
-        self.expires_at_field = next(f for f in self.fields if f.name == "expires_at")
-
-    # -- claim --------------------------------------------------------------
-
-    def claim(self, mine: Record, now: float) -> ClaimResult | None:
-        """One attempt: the result, or None when the record changed under us."""
-        if self.connection.vendor == "postgresql":
-            created, current = self._insert_or_read(mine)
-        else:
-            current = self.read(mine.storage_key)
-            created = current is None and self._insert(mine)
-            if current is None and not created:
-                current = self.read(mine.storage_key)
-        if created:
-            return ClaimResult(ClaimOutcome.CREATED, mine)
-        if current is None:
-            return None  # released or purged since the insert conflicted
-        existing = current.to_record()
-        if existing.is_live(now):
-            return ClaimResult.of_live(existing, mine.owner_token)
-        if self._take_over(existing, mine, now):
-            return ClaimResult(ClaimOutcome.TAKEN_OVER, mine)
-        return None
-
-    def _insert_or_read(self, mine: Record) -> tuple[bool, IdempotencyRecord | None]:
-        """PostgreSQL: insert the claim or read the existing record, in one statement."""
-        names, params = self._insert_values(mine)
-        sql = (
-            f"WITH claimed AS (INSERT INTO {self.table} ({names}) "
-            f"VALUES ({', '.join(['%s'] * len(params))}) "
-            f"ON CONFLICT ({self._name('storage_key')}) DO NOTHING RETURNING {self.columns}) "
-            f"SELECT TRUE, {self.columns} FROM claimed UNION ALL "
-            f"SELECT FALSE, {self.columns} FROM {self.table} WHERE {self._name('storage_key')} = %s"
-        )
-        with self.connection.cursor() as cursor:
-            cursor.execute(sql, [*params, mine.storage_key])
-            row = cursor.fetchone()
-        if row is None:
-            return False, None
-        return bool(row[0]), self._from_row(row[1:])
-
-    def _insert(self, mine: Record) -> bool:
-        """Insert the claim; False when a record with its storage key exists."""
-        names, params = self._insert_values(mine)
-        sql = f"INSERT INTO {self.table} ({names}) VALUES ({', '.join(['%s'] * len(params))})"
-        if self.connection.vendor == "sqlite":
-            sql += f" ON CONFLICT ({self._name('storage_key')}) DO NOTHING"
-        try:
-            with self.connection.cursor() as cursor:
-                cursor.execute(sql, params)
-                return int(cursor.rowcount) == 1
-        except IntegrityError:
-            return False  # the unique index refused a second record for the key
-
-    def _take_over(self, dead: Record, mine: Record, now: float) -> bool:
-        """Compare-and-set: replace ``dead`` if it is still there, dead and its owner's."""
-        values = self._values(self.model.from_record(mine), exclude={"id", "storage_key"})
-        assignments, params = self._assignments(values)
-        sql = (
-            f"UPDATE {self.table} SET {assignments} WHERE {self._name('storage_key')} = %s "
-            f"AND {self._name('owner_token')} = %s AND {self._name('expires_at')} <= %s"
-        )
-        return self._rowcount(sql, [*params, dead.storage_key, dead.owner_token, self._time(now)])
-
-    # -- complete, release, read, delete ------------------------------------
-
-    def complete(
-        self,
-        storage_key: str,
-        owner_token: str,
-        response: StoredResponse,
-        now: float,
-        expires_at: float,
-    ) -> bool:
-        row = self.model(
-            state=State.COMPLETED.value,
-            completed_at=self.to_datetime(now),
-            expires_at=self.to_datetime(expires_at),
-            response_status=response.status,
-            response_headers=[list(pair) for pair in response.headers],
-            response_body=response.body,
-        )
-        fields = (
-            "state",
-            "completed_at",
-            "expires_at",
-            "response_status",
-            "response_headers",
-            "response_body",
-        )
-        assignments, params = self._assignments(self._values(row, only=fields))
-        sql = (
-            f"UPDATE {self.table} SET {assignments} WHERE {self._name('storage_key')} = %s "
-            f"AND {self._name('owner_token')} = %s AND {self._name('state')} = %s"
-        )
-        if self._rowcount(sql, [*params, storage_key, owner_token, State.IN_PROGRESS.value]):
-            return True
-        # Not ours to complete, or already completed by us (a retried complete):
-        # the stored response never changes while it can be replayed.
-        current = self.read(storage_key)
-        return (
-            current is not None
-            and current.owner_token == owner_token
-            and current.state == State.COMPLETED.value
-        )
-
-    def release(self, storage_key: str, owner_token: str) -> bool:
-        sql = (
-            f"DELETE FROM {self.table} WHERE {self._name('storage_key')} = %s "
-            f"AND {self._name('owner_token')} = %s AND {self._name('state')} = %s"
-        )
-        return self._rowcount(sql, [storage_key, owner_token, State.IN_PROGRESS.value])
-
-    def read(self, storage_key: str) -> IdempotencyRecord | None:
-        rows = self._select(f"WHERE {self._name('storage_key')} = %s", [storage_key])
-        return rows[0] if rows else None
-
-    def delete(self, storage_key: str) -> bool:
-        sql = f"DELETE FROM {self.table} WHERE {self._name('storage_key')} = %s"
-        return self._rowcount(sql, [storage_key])
-
-    # -- housekeeping -------------------------------------------------------
-
-    def purge_batch(self, now: float, batch_size: int) -> tuple[int, int]:
-        """Delete up to ``batch_size`` dead records: (how many were selected, deleted)."""
-        expires_at, pk = self._name("expires_at"), self._name(_column(self.model._meta.pk))
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT {pk} FROM {self.table} WHERE {expires_at} <= %s "
-                f"ORDER BY {expires_at} LIMIT {int(batch_size)}",
-                [self._time(now)],
-            )
-            pks = [row[0] for row in cursor.fetchall()]
-            if not pks:
-                return 0, 0
-            cursor.execute(
-                f"DELETE FROM {self.table} WHERE {pk} IN ({', '.join(['%s'] * len(pks))}) "
-                f"AND {expires_at} <= %s",
-                [*pks, self._time(now)],
-            )
-            return len(pks), int(cursor.rowcount)
-
-    def count_expired(self, now: float) -> int:
-        with self.connection.cursor() as cursor:
-            cursor.execute(
-                f"SELECT COUNT(*) FROM {self.table} WHERE {self._name('expires_at')} <= %s",
-                [self._time(now)],
-            )
-            row = cursor.fetchone()
-        return int(row[0]) if row else 0
-
-    def page(self, after: int, limit: int) -> list[IdempotencyRecord]:
-        pk = self._name(_column(self.model._meta.pk))
-        return self._select(f"WHERE {pk} > %s ORDER BY {pk} LIMIT {int(limit)}", [after])
-
-    # -- SQL plumbing -------------------------------------------------------
-
-    def _name(self, name: str) -> str:
-        return self.connection.ops.quote_name(name)
-
-    def _select(self, where: str, params: Sequence[Any]) -> list[IdempotencyRecord]:
-        with self.connection.cursor() as cursor:
-            cursor.execute(f"SELECT {self.columns} FROM {self.table} {where}", params)
-            return [self._from_row(row) for row in cursor.fetchall()]
-
-    def _from_row(self, row: Sequence[Any]) -> IdempotencyRecord:
-        """A model instance from raw column values, converted as the ORM would."""
-        values = [
-            self._convert(field, value) for field, value in zip(self.fields, row, strict=True)
-        ]
-        instance: IdempotencyRecord = self.model.from_db(
-            self.connection.alias, [field.attname for field in self.fields], values
-        )
-        return instance
-
-    def _convert(self, field: Field[Any, Any], value: Any) -> Any:
-        column = field.get_col(self.model._meta.db_table)
-        converters = [
-            *self.connection.ops.get_db_converters(column),
-            *column.get_db_converters(self.connection),
-        ]
-        for converter in converters:
-            value = converter(value, column, self.connection)
-        return value
-
-    def _values(
-        self,
-        row: IdempotencyRecord,
-        *,
-        only: Sequence[str] | None = None,
-        exclude: frozenset[str] | set[str] = frozenset(),
-    ) -> list[tuple[str, Any]]:
-        """(quoted column, database value) for the row's fields, adapted for this vendor."""
-        return [
-            (
-                self._name(_column(field)),
-                field.get_db_prep_save(getattr(row, field.attname), self.connection),
-            )
-            for field in self.fields
-            if field.name not in exclude and (only is None or field.name in only)
-        ]
-
-    def _insert_values(self, mine: Record) -> tuple[str, list[Any]]:
-        values = self._values(self.model.from_record(mine), exclude={"id"})
-        return ", ".join(name for name, _ in values), [value for _, value in values]
-
-    @staticmethod
-    def _assignments(values: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
-        return ", ".join(f"{name} = %s" for name, _ in values), [value for _, value in values]
-
-    def _time(self, epoch: float) -> Any:
-        """Epoch seconds as a parameter compared with a datetime column."""
-        return self.expires_at_field.get_db_prep_value(self.to_datetime(epoch), self.connection)
-
-    def _rowcount(self, sql: str, params: Sequence[Any]) -> bool:
-        with self.connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            return int(cursor.rowcount) == 1
+class _ClaimNotVisible(Exception):
+    """The view's transaction cannot see its own claim (a snapshot older than the claim)."""
 
 
-def _model() -> type[IdempotencyRecord]:
-    """The model, imported late: this module loads before the app registry is ready."""
-    from django_idempotency.models import IdempotencyRecord
-
-    return IdempotencyRecord
-
-
-def _column(field: Field[Any, Any]) -> str:
-    """A concrete field's column name (stubs allow None, which only non-concrete fields have)."""
-    return cast(str, field.column)
-
-
-def _database_alias(options: Mapping[str, Any]) -> str:
-    unknown = sorted(set(options) - {"DATABASE"})
+def _parse_options(options: Mapping[str, Any]) -> tuple[str, bool]:
+    """(the DATABASE alias, JOIN_TRANSACTIONS)."""
+    unknown = sorted(set(options) - {"DATABASE", "JOIN_TRANSACTIONS"})
     if unknown:
         raise ImproperlyConfigured(
-            f"Unknown IDEMPOTENCY['OPTIONS'] for DatabaseBackend: {unknown}; the only option "
-            "is 'DATABASE' (an alias of DATABASES)."
+            f"Unknown IDEMPOTENCY['OPTIONS'] for DatabaseBackend: {unknown}; the options are "
+            "'DATABASE' (an alias of DATABASES) and 'JOIN_TRANSACTIONS' (True or False)."
+        )
+    join = options.get("JOIN_TRANSACTIONS", False)
+    if not isinstance(join, bool):
+        raise ImproperlyConfigured(
+            f"IDEMPOTENCY['OPTIONS']['JOIN_TRANSACTIONS'] must be True or False; got {join!r}."
         )
     alias = options.get("DATABASE", DEFAULT_DB_ALIAS)
     if not isinstance(alias, str) or not alias:
@@ -622,7 +415,7 @@ def _database_alias(options: Mapping[str, Any]) -> str:
         )
     # Whether the alias exists is system check E020's to say: DATABASES may be
     # completed after the backend is built, and until then a claim is a 503.
-    return alias
+    return alias, join
 
 
 def _positive(value: object, name: str) -> None:

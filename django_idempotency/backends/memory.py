@@ -4,19 +4,22 @@ For development, tests and single-process servers. Records live in the
 process that wrote them, so two gunicorn workers do NOT share keys (a system
 check warns outside DEBUG). Operations never block on I/O, so the async
 flavours call the sync ones directly instead of hopping to a thread.
+
+The bound never costs a guarantee: a full store makes room only by evicting
+a dead record, and refuses a new claim (a 503) rather than forget a live
+one, which would let a retry run the view a second time.
 """
 
 from __future__ import annotations
 
 import heapq
 import threading
-from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
 from django.core.exceptions import ImproperlyConfigured
 
-from django_idempotency.backends.base import BaseBackend
+from django_idempotency.backends.base import BaseBackend, StorageError
 from django_idempotency.records import (
     Claim,
     ClaimOutcome,
@@ -32,10 +35,13 @@ DEFAULT_MAX_ENTRIES = 10_000
 class MemoryBackend(BaseBackend):
     """Thread-safe, TTL-aware, bounded in-memory store.
 
-    OPTIONS: ``{"MAX_ENTRIES": 10000}``. When full, a dead record is evicted
-    first, else the oldest live one (the earliest claimed). A heap of expiry
-    times finds dead records in O(log n), so a full store costs no more per
-    request than an empty one.
+    OPTIONS: ``{"MAX_ENTRIES": 10000}``. When full, a new claim evicts a dead
+    record; when every record is live, it raises :class:`StorageError` (the
+    engine answers 503 with ``Retry-After``) and evicts nothing. A live
+    record is never evicted: an in-progress claim or a completed record
+    that is forgotten lets a retry run the view again. A heap of expiry times
+    finds dead records in O(log n), so a full store costs no more per request
+    than an empty one.
 
     The heap holds, for every record, an entry no later than the record's
     expiry: exact when the record is claimed, and left as it is when
@@ -49,7 +55,7 @@ class MemoryBackend(BaseBackend):
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(options)
         self.max_entries = _max_entries(self.options)
-        self._records: OrderedDict[str, Record] = OrderedDict()
+        self._records: dict[str, Record] = {}
         self._expiries: list[tuple[float, str]] = []
         self._lock = threading.Lock()
 
@@ -73,14 +79,14 @@ class MemoryBackend(BaseBackend):
             if len(expiries) > 2 * len(records) + 64:
                 self._reindex_expiries()
         outcome = ClaimOutcome.CREATED if existing is None else ClaimOutcome.TAKEN_OVER
-        return tuple.__new__(ClaimResult, (outcome, record))  # no Python frame: hot path
+        return ClaimResult(outcome, record)
 
     def complete(
         self, storage_key: str, owner_token: str, response: StoredResponse, ttl: int
     ) -> bool:
         """Mark the caller's record completed, if it is still the caller's.
 
-        The record keeps its place in the eviction order (the order of claims).
+        The record keeps its place in the listing order (the order of claims).
         """
         now = self.now()
         with self._lock:
@@ -91,6 +97,20 @@ class MemoryBackend(BaseBackend):
                 record = self._records[storage_key] = current.completed(response, now, ttl)
                 if record.expires_at < current.expires_at:  # a TTL shorter than the lease left
                     heapq.heappush(self._expiries, (record.expires_at, storage_key))
+        return True
+
+    def renew(self, storage_key: str, owner_token: str, lease_seconds: int) -> bool:
+        """Move the caller's lease end to now + ``lease_seconds``, if the claim is still theirs.
+
+        The expiry heap keeps the record's older, earlier entry: an entry no
+        later than the real expiry is all eviction needs.
+        """
+        now = self.now()
+        with self._lock:
+            current = self._records.get(storage_key)
+            if current is None or not current.is_claim_of(owner_token):
+                return False
+            self._records[storage_key] = current.renewed(now, lease_seconds)
         return True
 
     def release(self, storage_key: str, owner_token: str) -> bool:
@@ -154,6 +174,10 @@ class MemoryBackend(BaseBackend):
         """Same as :meth:`release`."""
         return self.release(storage_key, owner_token)
 
+    async def arenew(self, storage_key: str, owner_token: str, lease_seconds: int) -> bool:
+        """Same as :meth:`renew`."""
+        return self.renew(storage_key, owner_token, lease_seconds)
+
     async def aget(self, storage_key: str) -> Record | None:
         """Same as :meth:`get`."""
         return self.get(storage_key)
@@ -168,7 +192,7 @@ class MemoryBackend(BaseBackend):
         heapq.heapify(self._expiries)
 
     def _evict(self, now: float) -> None:
-        """Make room for one record: a dead one if any, else the oldest live one."""
+        """Make room for one record by evicting a dead one; refuse if none is dead."""
         expiries, records = self._expiries, self._records
         while expiries and expiries[0][0] <= now:
             _, storage_key = heapq.heappop(expiries)
@@ -179,7 +203,11 @@ class MemoryBackend(BaseBackend):
                 del records[storage_key]
                 return
             heapq.heappush(expiries, (record.expires_at, storage_key))  # completed: live longer
-        records.popitem(last=False)
+        raise StorageError(
+            f"MemoryBackend is full: all {len(records)} records are live. Raise "
+            "IDEMPOTENCY['OPTIONS']['MAX_ENTRIES'], or lower IDEMPOTENCY['TTL'] so that "
+            "records die sooner."
+        )
 
     def _dead_keys(self, now: float, limit: int | None) -> list[str]:
         dead: list[str] = []

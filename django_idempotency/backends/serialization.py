@@ -5,9 +5,9 @@ Shared by :mod:`~django_idempotency.backends.cache` and
 a shared store must never be able to run code, and a record must stay
 readable by the next release (the first byte is the format version).
 
-Layout of format version 1 (integers big-endian, strings UTF-8)::
+Layout of format version 2 (integers big-endian, strings UTF-8)::
 
-    u8   format version (1)
+    u8   format version (2)
     u8   state: 0 in progress, 1 completed
     u8   n, the length of the owner token (1..255 bytes)
     n    owner token
@@ -19,15 +19,19 @@ Layout of format version 1 (integers big-endian, strings UTF-8)::
     f64  completed_at
     f64  expires_at (end of the replay window; overrides the lease's)
     u16  status
+    str  reason phrase (empty: the status's standard phrase)
     u32  header count, then each name and value as str
-    u32  body length + body bytes
+    u32  body length + body bytes; 0xFFFFFFFF and no bytes: the body was not
+         kept (the response cannot be replayed)
 
 Why this shape: the state and the owner token sit at fixed offsets in front,
 so a Redis Lua script can compare-and-set on the owner token without parsing
 the rest, and completing a record is a splice the script can do blindly
 (flip the state byte, append :func:`dump_completion`'s bytes), because the
 claim section is never rewritten. ``dumps`` of a completed record produces
-exactly those spliced bytes.
+exactly those spliced bytes. An in-progress record ends with its lease's
+end, so renewing the lease is a splice too: replace the last 8 bytes with
+:func:`dump_lease_end`'s.
 """
 
 from __future__ import annotations
@@ -36,16 +40,19 @@ import struct
 
 from django_idempotency.records import Record, State, StoredResponse
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 STATE_IN_PROGRESS = 0
 STATE_COMPLETED = 1
 OWNER_TOKEN_OFFSET = 3
 """Byte offset of the owner token (its length is the byte just before it)."""
 MAX_OWNER_TOKEN_BYTES = 255
+BODY_NOT_KEPT = 0xFFFFFFFF
+"""The body length that marks a response whose body was not kept."""
 
 _HEADER = struct.Struct(">BBB")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
+_F64 = struct.Struct(">d")
 _TWO_F64 = struct.Struct(">dd")
 _STATE_BYTES = {State.IN_PROGRESS: STATE_IN_PROGRESS, State.COMPLETED: STATE_COMPLETED}
 
@@ -82,12 +89,21 @@ def dump_completion(completed_at: float, expires_at: float, response: StoredResp
     parts = [
         _TWO_F64.pack(completed_at, expires_at),
         _U16.pack(response.status),
+        _str(response.reason),
         _U32.pack(len(response.headers)),
     ]
     for name, value in response.headers:
         parts += (_str(name), _str(value))
-    parts += (_U32.pack(len(response.body)), response.body)
+    if response.body is None:
+        parts.append(_U32.pack(BODY_NOT_KEPT))
+    else:
+        parts += (_U32.pack(len(response.body)), response.body)
     return b"".join(parts)
+
+
+def dump_lease_end(expires_at: float) -> bytes:
+    """The 8 bytes that end an in-progress record: when its lease ends."""
+    return _F64.pack(expires_at)
 
 
 def loads(data: bytes, storage_key: str) -> Record:
@@ -127,8 +143,11 @@ def loads(data: bytes, storage_key: str) -> Record:
 
 def _load_response(reader: _Reader) -> StoredResponse:
     status = reader.u16()
+    reason = reader.string()
     headers = tuple((reader.string(), reader.string()) for _ in range(reader.u32()))
-    return StoredResponse(status=status, headers=headers, body=reader.take(reader.u32()))
+    length = reader.u32()
+    body = None if length == BODY_NOT_KEPT else reader.take(length)
+    return StoredResponse(status=status, headers=headers, body=body, reason=reason)
 
 
 def _str(value: str) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+from django.conf import settings
 from django.core.validators import MinValueValidator, RegexValidator
 from django.db import models
 
@@ -22,6 +23,13 @@ class Payment(models.Model):
         help_text="ISO 4217 code, e.g. EUR.",
     )
     description = models.CharField(max_length=200, blank=True)
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.PROTECT,
+        related_name="payments",
+        null=True,
+        help_text="The API user who made the payment.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -1,14 +1,13 @@
-"""``/payments/``: the list (GET) and create (POST) share a URL; one per payment."""
+"""``/payments/``: the list and create (POST) of the caller's payments; one per payment."""
 
 from __future__ import annotations
 
-from django.urls import path
+from rest_framework.routers import SimpleRouter
 
 from payments import views
 
 app_name = "payments"
 
-urlpatterns = [
-    path("", views.payment_collection, name="collection"),
-    path("<int:pk>/", views.payment_detail, name="detail"),
-]
+router = SimpleRouter()
+router.register("", views.PaymentViewSet, basename="payment")
+urlpatterns = router.urls

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import json
+import os
 import time
+from collections.abc import AsyncIterator
 
 from django.http import (
     HttpRequest,
@@ -22,7 +26,14 @@ BINARY_BODY = bytes(range(256)) * 4
 
 
 def _record(request: HttpRequest, label: str) -> SideEffect:
-    return SideEffect.objects.create(label=label, payload=request.body.decode("latin-1"))
+    return SideEffect.objects.create(label=label, payload=_payload(request))
+
+
+def _payload(request: HttpRequest) -> str:
+    """The body as text; a multipart form (already parsed, its stream read) as its fields."""
+    if request.content_type == "multipart/form-data":
+        return request.POST.urlencode()
+    return request.body.decode("latin-1")
 
 
 def _created(effect: SideEffect) -> JsonResponse:
@@ -75,15 +86,32 @@ def explode(request: HttpRequest) -> HttpResponse:
 
 
 def stream(request: HttpRequest) -> StreamingHttpResponse:
-    """A streaming response: passed through, never stored."""
+    """A streaming response: passed through, its body never stored."""
     _record(request, "stream")
     return StreamingHttpResponse(iter([b"chunk-1;", b"chunk-2;", b"chunk-3"]))
+
+
+async def async_stream(request: HttpRequest) -> StreamingHttpResponse:
+    """An async view streaming from an async iterator."""
+    await SideEffect.objects.acreate(label="async-stream", payload="")
+
+    async def chunks() -> AsyncIterator[bytes]:
+        for chunk in (b"async-1;", b"async-2"):
+            yield chunk
+
+    return StreamingHttpResponse(chunks())
 
 
 @idempotent_exempt
 def exempt(request: HttpRequest) -> HttpResponse:
     """The middleware leaves it alone: every request runs."""
     return _created(_record(request, "exempt"))
+
+
+@idempotent
+def decorated_sleepy_create(request: HttpRequest) -> HttpResponse:
+    """``create`` under the decorator: a row, then ``?sleep=`` seconds."""
+    return create(request)
 
 
 @idempotent(required=True)
@@ -160,3 +188,114 @@ def echo_json(request: HttpRequest) -> HttpResponse:
     data = json.loads(request.body or b"{}")
     _record(request, "echo")
     return JsonResponse({"received": data}, status=200)
+
+
+class MethodDecoratedView(View):
+    """A class-based view whose ``post()`` handler carries the decorator."""
+
+    @method_decorator(idempotent)
+    def post(self, request: HttpRequest) -> HttpResponse:
+        return _created(_record(request, "cbv-method"))
+
+
+def nested_guard(request: HttpRequest) -> HttpResponse:
+    """Guarded by the middleware, and calls a decorated view with the same request."""
+    return decorated_required(request)
+
+
+@idempotent
+def decorated_broken_template(request: HttpRequest) -> TemplateResponse:
+    """Creates a row, then returns a template response that cannot be rendered."""
+    _record(request, "broken-template")
+    return TemplateResponse(request, "testapp/no-such-template.txt", {})
+
+
+@idempotent
+def decorated_returns_none(request: HttpRequest) -> HttpResponse:
+    """Creates a row, then forgets to return a response."""
+    _record(request, "returns-none")
+    return None  # type: ignore[return-value]
+
+
+def custom_reason(request: HttpRequest) -> HttpResponse:
+    """Creates a row and answers 202 with a reason phrase of its own."""
+    effect = _record(request, "custom-reason")
+    return JsonResponse({"id": effect.pk}, status=202, reason="Queued For Review")
+
+
+def sized(request: HttpRequest, size: int) -> HttpResponse:
+    """Creates a row and answers ``size`` bytes, to test what a store refuses."""
+    _record(request, "sized")
+    return HttpResponse(b"x" * size, status=201, content_type="application/octet-stream")
+
+
+def upload(request: HttpRequest) -> HttpResponse:
+    """A form upload: creates a row and answers what it received."""
+    files = {
+        name: hashlib.sha256(ups[-1].read()).hexdigest() for name, ups in request.FILES.lists()
+    }
+    effect = SideEffect.objects.create(label="upload", payload=request.POST.urlencode())
+    return JsonResponse(
+        {"id": effect.pk, "fields": request.POST.dict(), "files": files}, status=201
+    )
+
+
+def anywhere(request: HttpRequest, rest: str) -> HttpResponse:
+    """Any path under /p/: creates a row and echoes the path Django decoded."""
+    effect = _record(request, "anywhere")
+    return JsonResponse({"id": effect.pk, "path": request.path}, status=201)
+
+
+async def async_slow_first_time(request: HttpRequest) -> HttpResponse:
+    """An async view guarded by the middleware; only its first execution is slow."""
+    effect = await SideEffect.objects.acreate(label="async-slow", payload="")
+    if await SideEffect.objects.filter(label="async-slow").acount() == 1:
+        await asyncio.sleep(float(request.GET.get("sleep", "0")))
+    return _created(effect)
+
+
+@idempotent
+async def decorated_async_slow_first_time(request: HttpRequest) -> HttpResponse:
+    """The same under the decorator."""
+    return await async_slow_first_time(request)
+
+
+async def async_sleepy_create(request: HttpRequest) -> HttpResponse:
+    """An async view guarded by the middleware: a row, then ``?sleep=`` seconds."""
+    effect = await SideEffect.objects.acreate(label="create", payload=str(os.getpid()))
+    await asyncio.sleep(float(request.GET.get("sleep", "0")))
+    return _created(effect)
+
+
+@idempotent
+async def decorated_async_sleepy_create(request: HttpRequest) -> HttpResponse:
+    """The same under the decorator."""
+    return await async_sleepy_create(request)
+
+
+async def async_killable_first_time(request: HttpRequest) -> HttpResponse:
+    """Like ``slow_first_time``, async: the row names the worker, so a test can kill it."""
+    effect = await SideEffect.objects.acreate(label="create", payload=str(os.getpid()))
+    if await SideEffect.objects.filter(label="create").acount() == 1:
+        await asyncio.sleep(float(request.GET.get("sleep", "0")))
+    return _created(effect)
+
+
+@idempotent
+async def decorated_async_killable_first_time(request: HttpRequest) -> HttpResponse:
+    """The same under the decorator."""
+    return await async_killable_first_time(request)
+
+
+@idempotent
+async def async_decorated_broken_template(request: HttpRequest) -> TemplateResponse:
+    """An async view: creates a row, then returns a template response that cannot be rendered."""
+    await SideEffect.objects.acreate(label="async-broken-template", payload="")
+    return TemplateResponse(request, "testapp/no-such-template.txt", {})
+
+
+@idempotent
+async def async_decorated_returns_none(request: HttpRequest) -> HttpResponse:
+    """An async view: creates a row, then forgets to return a response."""
+    await SideEffect.objects.acreate(label="async-returns-none", payload="")
+    return None  # type: ignore[return-value]

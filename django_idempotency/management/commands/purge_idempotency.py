@@ -16,7 +16,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from django_idempotency.backends.base import BaseBackend, StorageError
-from django_idempotency.conf import get_backend
+from django_idempotency.backends.handler import get_backend
 
 DEFAULT_BATCH_SIZE = 1000
 
