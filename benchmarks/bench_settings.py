@@ -65,5 +65,13 @@ BACKENDS: dict[str, dict[str, Any]] = {
         "BACKEND": "django_idempotency.backends.nats.NatsBackend",
         "OPTIONS": {"SERVERS": NATS_URL, "BUCKET": f"idempotency-bench-{os.getpid()}"},
     },
+    "nats-read-on-claim": {
+        "BACKEND": "django_idempotency.backends.nats.NatsBackend",
+        "OPTIONS": {
+            "SERVERS": NATS_URL,
+            "BUCKET": f"idempotency-bench-{os.getpid()}",
+            "READ_ON_CLAIM": True,
+        },
+    },
 }
 IDEMPOTENCY = BACKENDS[os.environ.get("BENCH_BACKEND", "memory")]

@@ -61,10 +61,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--backend",
-        choices=["memory", "db", "redis", "nats"],
+        choices=["memory", "db", "redis", "nats", "nats-read-on-claim"],
         default="memory",
         help="memory: the in-process store; db: DatabaseBackend on the in-memory SQLite; "
-        "redis, nats: RedisBackend and NatsBackend on the test services",
+        "redis, nats: RedisBackend and NatsBackend on the test services (nats-read-on-claim: "
+        "with READ_ON_CLAIM)",
     )
     args = parser.parse_args()
     os.environ["BENCH_STACK"] = args.stack
@@ -141,7 +142,7 @@ def _forget_the_runs_records(backend: str) -> None:
         client = redis.Redis.from_url(options["URL"])
         for key in client.scan_iter(match=options["KEY_PREFIX"] + "*", count=1000):
             client.delete(key)
-    elif backend == "nats":
+    elif backend.startswith("nats"):
         from tests.nats_buckets import delete_bucket
 
         delete_bucket(options["SERVERS"], options["BUCKET"])

@@ -13,7 +13,8 @@ writes nothing, so everything counted is the backend's own traffic:
   ``send_command``), checked against the delta; the table shows both;
 * NATS and memcached: the bucket operations ``NatsBackend`` runs and the
   commands pymemcache sends for Django's ``PyMemcacheCache``, one round trip
-  each.
+  each (with ``READ_ON_CLAIM``, NATS's ``create_and_read`` sends a put and a
+  get together: one round trip, two requests).
 
 Lease renewals are counted too: a view that returns within a third of its
 lease costs none (the "renewals" column of the first table), and a second
@@ -66,7 +67,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from django_idempotency import idempotent
-from tests.backends import CASES, NATS_BUCKET, BackendCase
+from tests.backends import CASES, NATS_BUCKETS, BackendCase
 from tests.services import (
     MARIADB,
     MEMCACHED,
@@ -368,13 +369,13 @@ def counting_sent_commands() -> Iterator[list[str]]:
 
 @contextmanager
 def counting_nats_operations() -> Iterator[list[str]]:
-    """NatsBackend's stream operations (put, get, purge): one round trip each."""
+    """NatsBackend's bucket operations: one round trip each (create_and_read: two requests)."""
     try:
         from django_idempotency.backends.nats_client import Bucket
     except ImportError:
         yield []
         return
-    with counting_calls(Bucket, ("put", "get", "purge"), "nats ") as operations:
+    with counting_calls(Bucket, ("create_and_read", "put", "get", "purge"), "nats ") as operations:
         yield operations
 
 
@@ -690,15 +691,15 @@ def report(rows: list[Row], samples: int) -> None:
         f"nothing,\nthe quietest of {samples} samples per backend after a warm-up.\n"
     )
     header = (
-        f"{'backend':<17}{'store':<7}{'first':>6}{'replay':>7}{'renewals':>10}  {'target':<24}"
+        f"{'backend':<20}{'store':<7}{'first':>6}{'replay':>7}{'renewals':>10}  {'target':<24}"
         f"{'verdict':<9}{'SAVEPOINTs':<12}{'INFO calls':<12}first | replay"
     )
     print(header)
-    print("-" * 153)
+    print("-" * 156)
     notes: list[str] = []
     for row in rows:
         if row.first is None or row.replay is None:
-            print(f"{row.case.id:<17}{row.note}")
+            print(f"{row.case.id:<20}{row.note}")
             continue
         if row.note:
             notes.append(f"{row.case.id}: {row.note}")
@@ -722,7 +723,7 @@ def report(rows: list[Row], samples: int) -> None:
             detail = f"{_names(row.first.sent)} | {_names(row.replay.sent)}"
         first, replay = row.round_trips(row.first), row.round_trips(row.replay)
         print(
-            f"{row.case.id:<17}{store:<7}{_figure(first):>6}{_figure(replay):>7}"
+            f"{row.case.id:<20}{store:<7}{_figure(first):>6}{_figure(replay):>7}"
             f"{row.renewals_of_first:>10}  {target:<24}"
             f"{verdict:<9}{savepoints:<12}{info:<12}{detail}"
         )
@@ -730,7 +731,10 @@ def report(rows: list[Row], samples: int) -> None:
         "\nfirst/replay: round trips (SQL statements on the records' alias; Redis commands "
         "sent).\nrenewals: lease renewals during all the first executions measured (the view "
         "returns at once).\nINFO calls: the INFO commandstats delta, which also counts the "
-        "commands a Lua script runs inside Redis."
+        "commands a Lua script runs inside Redis.\nNATS: a refused put-if-absent says nothing of "
+        "the value, so a replay reads it after the put (2) unless READ_ON_CLAIM sends the get "
+        "beside the put\n(1 round trip; every first execution then sends 3 requests in its 2 "
+        "round trips)."
     )
     for note in notes:
         print("note:", note)
@@ -747,7 +751,7 @@ def report_in_transaction(rows: list[Row]) -> None:
     )
     for row in rows:
         if row.in_transaction is not None:
-            print(f"{row.case.id:<17}{row.in_transaction:>3}   (target <= 3)")
+            print(f"{row.case.id:<20}{row.in_transaction:>3}   (target <= 3)")
 
 
 def report_waiting(rows: list[Row]) -> None:
@@ -755,15 +759,15 @@ def report_waiting(rows: list[Row]) -> None:
         f"\nWAIT: a duplicate arriving {WAITED_AFTER} s into a {WAITED_VIEW_SECONDS} s request "
         "waits for its replay.\n"
     )
-    print(f"{'backend':<17}{'woken by':<12}{'waited':>8}{'claims':>8}{'per second':>12}")
-    print("-" * 57)
+    print(f"{'backend':<20}{'woken by':<12}{'waited':>8}{'claims':>8}{'per second':>12}")
+    print("-" * 60)
     for row in rows:
         waiting = row.waiting
         if waiting is None:
             continue
         how = "the store" if waiting.pushed else "polling"
         print(
-            f"{row.case.id:<17}{how:<12}{waiting.seconds:>7.2f}s{waiting.claims:>8}"
+            f"{row.case.id:<20}{how:<12}{waiting.seconds:>7.2f}s{waiting.claims:>8}"
             f"{waiting.per_second:>12.1f}"
         )
     print(
@@ -777,8 +781,8 @@ def report_long_views(rows: list[Row]) -> None:
         f"\nA view of {LONG_VIEW_SECONDS} s under LOCK_TTL = {LONG_VIEW_LOCK_TTL}: renewed "
         "every third of its lease, from the renewal thread.\n"
     )
-    print(f"{'backend':<17}{'renewals':>9}{'round trips':>13}{'of which renewing':>19}")
-    print("-" * 59)
+    print(f"{'backend':<20}{'renewals':>9}{'round trips':>13}{'of which renewing':>19}")
+    print("-" * 62)
     for row in rows:
         long_view = row.long_view
         if long_view is None:
@@ -786,7 +790,7 @@ def report_long_views(rows: list[Row]) -> None:
         total, base = long_view.round_trips, long_view.first_round_trips
         renewing = None if total is None or base is None else total - base
         print(
-            f"{row.case.id:<17}{long_view.renewals:>9}{_figure(total):>13}{_figure(renewing):>19}"
+            f"{row.case.id:<20}{long_view.renewals:>9}{_figure(total):>13}{_figure(renewing):>19}"
         )
     print(
         "\nround trips: every statement or command sent during the request, from any thread; "
@@ -824,7 +828,8 @@ def main() -> None:
         if is_up(NATS):
             from tests.nats_buckets import delete_bucket
 
-            delete_bucket(NATS_URL, NATS_BUCKET)
+            for bucket in NATS_BUCKETS:
+                delete_bucket(NATS_URL, bucket)
     report(rows, args.samples)
 
 

@@ -29,6 +29,9 @@ MEMORY = "django_idempotency.backends.memory.MemoryBackend"
 NATS_BACKEND = "django_idempotency.backends.nats.NatsBackend"
 NATS_BUCKET = f"idempotency-test-{RUN_ID}"
 """This run's bucket on the shared NATS server (deleted at the end of the session)."""
+NATS_READ_ON_CLAIM_BUCKET = f"{NATS_BUCKET}-read-on-claim"
+NATS_BUCKETS = (NATS_BUCKET, NATS_READ_ON_CLAIM_BUCKET)
+"""Every bucket of this run's NATS cases: records of one case never answer another's."""
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,12 @@ CASES = [
     ),
     BackendCase("redis", REDIS_NATIVE, {"CACHE": "redis"}, REDIS),
     BackendCase("nats", NATS_BACKEND, {"SERVERS": NATS_URL, "BUCKET": NATS_BUCKET}, NATS),
+    BackendCase(
+        "nats-read-on-claim",
+        NATS_BACKEND,
+        {"SERVERS": NATS_URL, "BUCKET": NATS_READ_ON_CLAIM_BUCKET, "READ_ON_CLAIM": True},
+        NATS,
+    ),
 ]
 CASES_BY_ID = {case.id: case for case in CASES}
 

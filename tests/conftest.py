@@ -22,7 +22,7 @@ from django_idempotency.backends import handler
 from django_idempotency.backends.base import BaseBackend
 from django_idempotency.backends.django_caches import configured_cache_class
 from django_idempotency.records import Claim
-from tests.backends import CASES, NATS_BUCKET, BackendCase
+from tests.backends import CASES, NATS_BUCKETS, BackendCase
 from tests.services import IN_CI, NATS, NATS_URL, Service, is_up, unavailable_reason
 from tests.settings import MEMCACHED_NAMESPACE_VARIABLE
 from tests.storage import make_claim
@@ -193,13 +193,14 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session", autouse=True)
 def _delete_this_runs_nats_bucket() -> Iterator[None]:
-    """The NATS case's bucket lives on the shared server: remove it when the run ends."""
+    """The NATS cases' buckets live on the shared server: remove them when the run ends."""
     yield
     if not is_up(NATS):
         return
     from tests.nats_buckets import delete_bucket
 
-    delete_bucket(NATS_URL, NATS_BUCKET)
+    for bucket in NATS_BUCKETS:
+        delete_bucket(NATS_URL, bucket)
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -18,7 +18,7 @@ from django.test import Client, RequestFactory, override_settings
 from django_idempotency import engine
 from django_idempotency.conf import get_settings
 from django_idempotency.responses import REPLAYED_HEADER, replay_response, stored_response
-from tests.backends import CACHE, CASES_BY_ID, REDIS_NATIVE, BackendCase
+from tests.backends import CACHE, CASES_BY_ID, NATS_BACKEND, REDIS_NATIVE, BackendCase
 from tests.http import assert_problem, executions, post
 from tests.own_servers import redis_server
 
@@ -119,7 +119,7 @@ REFUSING_CASES = [
     CASES_BY_ID[name]
     for name in (
         *("db-sqlite", "db-postgres", "db-mariadb"),
-        *("cache-redis", "redis", "cache-memcached", "nats"),
+        *("cache-redis", "redis", "cache-memcached", "nats", "nats-read-on-claim"),
     )
 ]
 RECORDS_TABLE = "django_idempotency_idempotencyrecord"
@@ -162,7 +162,7 @@ def refusing_large_responses(case: BackendCase) -> Iterator[int]:
             yield 2_000_000
         finally:
             connection.connection.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, previous)
-    elif case.id in ("cache-memcached", "nats"):
+    elif case.id == "cache-memcached" or case.backend == NATS_BACKEND:
         yield 2 * 1024 * 1024
     else:
         # A Redis of the test's own: lowering the shared one's limit would make

@@ -24,6 +24,7 @@ from django.test import Client
 from django_idempotency.backends.base import StorageError
 from django_idempotency.backends.nats import NatsBackend
 from django_idempotency.backends.nats_client import Bucket
+from django_idempotency.backends.serialization import loads
 from django_idempotency.checks import check_backend
 from django_idempotency.keys import storage_key
 from django_idempotency.records import ClaimOutcome, State
@@ -76,6 +77,7 @@ def backend(bucket: str) -> Iterator[NatsBackend]:
         ({"MAX_AGE": -1}, "IDEMPOTENCY['OPTIONS']['MAX_AGE'] must be 0 or more seconds"),
         ({"REPLICAS": 0}, "IDEMPOTENCY['OPTIONS']['REPLICAS'] must be a positive integer"),
         ({"TOKEN": ""}, "IDEMPOTENCY['OPTIONS']['TOKEN'] must be a non-empty string"),
+        ({"READ_ON_CLAIM": "yes"}, "IDEMPOTENCY['OPTIONS']['READ_ON_CLAIM'] must be True or"),
     ],
 )
 def test_bad_options_are_refused_naming_the_option(options: dict[str, Any], message: str) -> None:
@@ -91,6 +93,7 @@ def test_options_have_defaults_and_a_single_server_may_be_a_string() -> None:
     assert backend.settings.servers == ("nats://10.0.0.1:4222",)
     assert backend.settings.bucket == "idempotency"
     assert backend.settings.timeout == 2.0
+    assert backend.settings.read_on_claim is False
     assert backend.settings.connect["user"] == "u"
     assert backend.settings.connect["password"] == "p"
     assert NatsBackend().settings.servers == ("nats://127.0.0.1:4222",)
@@ -173,12 +176,29 @@ def test_each_record_is_one_key_named_by_its_storage_key_holding_the_raw_key_and
     assert (record.key, record.scope) == (claim.key, claim.scope)
 
 
-def test_a_first_execution_is_two_operations_and_a_replay_two(
-    backend: NatsBackend, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("read_on_claim", "first_execution", "replay"),
+    [
+        (False, ["put", "put"], ["put", "get"]),
+        (True, ["create_and_read", "put"], ["create_and_read"]),
+    ],
+    ids=["default", "read-on-claim"],
+)
+def test_round_trips_of_a_first_execution_and_a_replay(
+    bucket: str,
+    monkeypatch: pytest.MonkeyPatch,
+    read_on_claim: bool,
+    first_execution: list[str],
+    replay: list[str],
 ) -> None:
-    """Claim (a put-if-absent) and complete (a fenced put); a replay: the put refused, a get."""
+    """Claim (a put-if-absent) and complete (a fenced put); a replay: the put refused, a get.
+
+    Each public Bucket operation sent is one round trip; with READ_ON_CLAIM the
+    get goes beside the put, so a replay is one round trip and a first
+    execution sends a get it does not need.
+    """
     calls: list[str] = []
-    for name in ("put", "get", "purge"):
+    for name in ("create_and_read", "put", "get", "purge"):
         real = getattr(Bucket, name)
 
         async def counted(
@@ -188,17 +208,61 @@ def test_a_first_execution_is_two_operations_and_a_replay_two(
             return await _real(self, *args, **kw)
 
         monkeypatch.setattr(Bucket, name, counted)
-    backend.get("0" * 64)  # connected, bucket open
-    calls.clear()
-    claim = make_claim()
+    backend = NatsBackend({"SERVERS": NATS_URL, "BUCKET": bucket, "READ_ON_CLAIM": read_on_claim})
+    try:
+        backend.get("0" * 64)  # connected, bucket open
+        calls.clear()
+        claim = make_claim()
 
-    backend.claim(claim)
-    backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
-    first, calls[:] = list(calls), []
-    backend.claim(make_claim(claim.storage_key))
+        assert backend.claim(claim).outcome is ClaimOutcome.CREATED
+        assert backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
+        first, calls[:] = list(calls), []
+        replayed = backend.claim(make_claim(claim.storage_key))
+    finally:
+        backend.close()
 
-    assert first == ["put", "put"]
-    assert calls == ["put", "get"]
+    assert first == first_execution
+    assert calls == replay
+    assert replayed.outcome is ClaimOutcome.EXISTING
+    assert replayed.record.response == RESPONSE
+
+
+def test_read_on_claim_sends_the_read_while_the_create_is_unanswered(bucket: str) -> None:
+    """The replay's get is not sent after the refused put: both are in flight at once.
+
+    Counted as NATS sees them: how many requests are outstanding when each one
+    is sent. Sent one after the other, each would find none before it.
+    """
+    backend = NatsBackend({"SERVERS": NATS_URL, "BUCKET": bucket, "READ_ON_CLAIM": True})
+    try:
+        claim = make_claim()
+        backend.claim(claim)
+        backend.complete(claim.storage_key, claim.owner_token, RESPONSE, 60)
+        bucket_client = backend._run(backend._bucket())
+        in_flight: list[int] = []
+        outstanding = 0
+        real_request = bucket_client.connection.request
+
+        async def request(*args: Any, **kwargs: Any) -> Any:
+            nonlocal outstanding
+            outstanding += 1
+            in_flight.append(outstanding)
+            try:
+                return await real_request(*args, **kwargs)
+            finally:
+                outstanding -= 1
+
+        bucket_client.connection.request = request  # type: ignore[method-assign]
+        created, message = backend._run(
+            bucket_client.create_or_read(claim.storage_key, b"x", ttl=None)
+        )
+    finally:
+        backend.close()
+
+    assert created is None
+    assert message is not None
+    assert loads(message.value, claim.storage_key).response == RESPONSE
+    assert in_flight == [1, 2]  # the get was sent while the put was unanswered
 
 
 # -- the two expiry paths -----------------------------------------------------------------

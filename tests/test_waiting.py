@@ -38,7 +38,7 @@ pytestmark = pytest.mark.django_db(transaction=True, databases="__all__")
 
 VIEW_SECONDS = 2
 DUPLICATES = 10
-PUSHING = {"db-postgres", "redis", "cache-redis", "nats"}
+PUSHING = {"db-postgres", "redis", "cache-redis", "nats", "nats-read-on-claim"}
 """The cases whose store announces completions; the others are polled."""
 
 

@@ -4,8 +4,9 @@ OPTIONS (all optional): ``SERVERS`` (a URL or a list, default
 ``nats://127.0.0.1:4222``), ``BUCKET`` (default ``idempotency``), ``USER`` /
 ``PASSWORD``, ``TOKEN``, ``CREDENTIALS`` (a ``.creds`` file), ``NKEYS_SEED``,
 ``TLS_CA`` / ``TLS_CERT`` / ``TLS_KEY``, ``CONNECT_TIMEOUT`` and ``TIMEOUT``
-(seconds, default 2), and for a bucket this backend creates: ``REPLICAS``
-(default 1), ``MAX_AGE`` (seconds, default 0: none) and ``MAX_VALUE_SIZE``.
+(seconds, default 2), ``READ_ON_CLAIM`` (default False: see **claim**), and
+for a bucket this backend creates: ``REPLICAS`` (default 1), ``MAX_AGE``
+(seconds, default 0: none) and ``MAX_VALUE_SIZE``.
 
 Each record is one key of the bucket, named by its storage key (64 hex
 digits, already within the alphabet NATS allows) and holding the
@@ -14,13 +15,16 @@ and scope are kept. See :mod:`~django_idempotency.backends.nats_client` for
 the three stream operations everything is made of.
 
 * **claim** is one put-if-absent (expected last revision 0); its revision is
-  the claim's fence. On a conflict the key's record is read: live, it is
-  answered (a replay costs those two operations); dead (its lease or replay
-  window ended, read from the value), it is taken over by a put fenced on the
-  dead record's revision, so of two racing takeovers one wins.
+  the claim's fence. A refused put says nothing of the value, so the key's
+  record is read: after the put (a replay is two round trips), or with
+  ``READ_ON_CLAIM`` beside it (one round trip, but every first execution
+  sends a read it does not need). Live, the record is answered; dead (its
+  lease or replay window ended, read from the value), it is taken over by a
+  put fenced on the dead record's revision, so of two racing takeovers one
+  wins.
 * **complete** and **renew** are puts fenced on the claim's revision, which
-  this process remembers from the claim (a first execution costs two
-  operations); **release** purges the key up to and including that revision.
+  this process remembers from the claim (a first execution is two round
+  trips); **release** purges the key up to and including that revision.
   A worker whose claim was taken over meanwhile finds another revision and
   is refused, whatever it does.
 * **expiry**: liveness is always read from the value, which works on every
@@ -108,7 +112,7 @@ class NatsBackend(ListenedChanges, BaseBackend):
     # -- the contract (sync: on the loop thread) -----------------------------
 
     def claim(self, claim: Claim) -> ClaimResult:
-        """One put-if-absent; on a conflict, the record read, and a takeover if it is dead."""
+        """One put-if-absent; the record read if it is refused, and taken over if dead."""
         return self._run(self._claim(claim))
 
     def complete(
@@ -170,14 +174,10 @@ class NatsBackend(ListenedChanges, BaseBackend):
             value = dumps(mine)
             ttl = claim.lease_seconds
             for _attempt in range(CLAIM_ATTEMPTS):
-                try:
-                    revision = await bucket.put(claim.storage_key, value, last=0, ttl=ttl)
-                except Conflict:
-                    pass
-                else:
-                    self._remember(claim.storage_key, claim.owner_token, revision, mine)
+                created, message = await bucket.create_or_read(claim.storage_key, value, ttl=ttl)
+                if created is not None:
+                    self._remember(claim.storage_key, claim.owner_token, created, mine)
                     return ClaimResult(ClaimOutcome.CREATED, mine)
-                message = await bucket.get(claim.storage_key)
                 if message is None:
                     continue  # released or purged in between: try the put again
                 current = loads(message.value, claim.storage_key)

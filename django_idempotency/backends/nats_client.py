@@ -12,6 +12,9 @@ and fenced forms are:
   key's last message (a takeover, a renewal, a completion). JetStream refuses
   anything else with error 10071, whatever happened in between.
 * **get**: the key's last message (a direct get when the bucket allows it).
+* **create-or-read**: a put-if-absent, and the key's get when it is
+  refused; with ``READ_ON_CLAIM`` the get is sent beside the put, in the
+  same round trip.
 * **purge-up-to**: the JetStream purge API, filtered on the key's subject
   and bounded by a sequence, removes the key's messages older than that
   sequence and never a newer one: a fenced delete that leaves no marker.
@@ -72,15 +75,16 @@ OPTIONS = frozenset(
         "REPLICAS",
         "MAX_AGE",
         "MAX_VALUE_SIZE",
+        "READ_ON_CLAIM",
     }
 )
 BUCKET_NAME = re.compile(r"[a-zA-Z0-9_-]+")
 WRONG_LAST_SEQUENCE = frozenset({10071, 10164})
 """JetStream's error codes for a publish whose expected last sequence did not match."""
 MESSAGE_TTL_SERVER = (2, 11)
+"""The first nats-server version that forgets a message after its own TTL."""
 LISTEN_POLL = 1.0
 """Seconds a change listener sleeps between looks at ``stop``."""
-"""The first nats-server version that forgets a message after its own TTL."""
 
 
 class Conflict(Exception):
@@ -107,6 +111,8 @@ class NatsOptions:
     replicas: int
     max_age: float
     max_value_size: int | None
+    read_on_claim: bool
+    """Whether a claim sends the key's read beside its create (a replay in one round trip)."""
 
     @property
     def stream(self) -> str:
@@ -169,6 +175,7 @@ def parse_options(options: Mapping[str, Any]) -> NatsOptions:
         replicas=_positive_int(options, "REPLICAS", 1),
         max_age=_seconds(options, "MAX_AGE", 0, allow_zero=True),
         max_value_size=_positive_int(options, "MAX_VALUE_SIZE", None),
+        read_on_claim=_flag(options, "READ_ON_CLAIM"),
     )
 
 
@@ -196,6 +203,15 @@ def _seconds(
             f"IDEMPOTENCY['OPTIONS'][{name!r}] must be {least} seconds; got {value!r}."
         )
     return float(value)
+
+
+def _flag(options: Mapping[str, Any], name: str) -> bool:
+    value = options.get(name, False)
+    if not isinstance(value, bool):
+        raise ImproperlyConfigured(
+            f"IDEMPOTENCY['OPTIONS'][{name!r}] must be True or False; got {value!r}."
+        )
+    return value
 
 
 def _positive_int(options: Mapping[str, Any], name: str, default: int | None) -> Any:
@@ -248,12 +264,59 @@ class Bucket:
 
     # -- the operations --------------------------------------------------------
 
+    async def create_or_read(
+        self, key: str, value: bytes, *, ttl: float | None = None
+    ) -> tuple[int, None] | tuple[None, Message | None]:
+        """Create the key holding ``value``, or read what it holds.
+
+        ``(revision, None)`` when the key was created, ``(None, message)`` when
+        it already held one (``message`` None if it was gone again by the read).
+        JetStream has no create-or-get: a refused put-if-absent says nothing of
+        the value, so a replay costs the put and a get. With ``READ_ON_CLAIM``
+        both go at once (:meth:`create_and_read`), otherwise the get only
+        follows a refused put, and a first execution never sends it.
+        """
+        if self.options.read_on_claim:
+            return await self.create_and_read(key, value, ttl=ttl)
+        try:
+            return await self.put(key, value, last=0, ttl=ttl), None
+        except Conflict:
+            return None, await self.get(key)
+
+    async def create_and_read(
+        self, key: str, value: bytes, *, ttl: float | None = None
+    ) -> tuple[int, None] | tuple[None, Message | None]:
+        """:meth:`create_or_read` in one round trip: the get is sent beside the put.
+
+        Either order of the two on the server gives a valid answer: a get run
+        before the put saw the key as it was during this claim, and a created
+        key always wins over the get. The price is a get that every first
+        execution sends and does not need.
+        """
+        created, read = await asyncio.gather(
+            self._put(key, value, last=0, ttl=ttl), self._get(key), return_exceptions=True
+        )
+        if isinstance(created, int):
+            return created, None
+        if not isinstance(created, Conflict):
+            raise created
+        if isinstance(read, BaseException):
+            raise read
+        return None, read
+
     async def put(self, key: str, value: bytes, *, last: int, ttl: float | None = None) -> int:
         """Write ``value`` only if ``last`` is the key's last revision (0: none); the new one.
 
         Raises :class:`Conflict` when it is not. ``ttl`` is the message's own
         lifetime, used where the server keeps it.
         """
+        return await self._put(key, value, last=last, ttl=ttl)
+
+    async def get(self, key: str) -> Message | None:
+        """The key's last message, or None when it holds nothing."""
+        return await self._get(key)
+
+    async def _put(self, key: str, value: bytes, *, last: int, ttl: float | None) -> int:
         headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last)}
         try:
             ack = await self.js.publish(
@@ -269,8 +332,7 @@ class Bucket:
             raise
         return int(ack.seq)
 
-    async def get(self, key: str) -> Message | None:
-        """The key's last message, or None when it holds nothing."""
+    async def _get(self, key: str) -> Message | None:
         try:
             message = await self.js.get_msg(
                 self.options.stream, subject=self.options.subject(key), direct=self.direct
