@@ -261,3 +261,29 @@ async def test_async_renewals_never_share_the_requests_cache_object(
         request_thread.join(5)
 
     assert renewed == [True] * 300
+
+
+@pytest.mark.parametrize(
+    "backend_case", [CASES_BY_ID["cache-memcached"]], indirect=True, ids=["cache-memcached"]
+)
+async def test_closing_the_backend_closes_the_async_renewals_cache_objects(
+    idempotency_backend: BaseBackend, new_claim: NewClaim
+) -> None:
+    """The renewal threads' memcached connections end with the backend, not with the process."""
+    claim = new_claim()
+    assert (await idempotency_backend.aclaim(claim)).outcome.name == "CREATED"
+    assert await idempotency_backend.arenew(claim.storage_key, claim.owner_token, 30)
+    store = idempotency_backend._store  # type: ignore[attr-defined]
+    [renewal_cache] = store._renewal_cache_objects
+
+    assert _open_sockets(renewal_cache) == 1
+    idempotency_backend.close()
+
+    assert _open_sockets(renewal_cache) == 0
+    assert await idempotency_backend.arenew(claim.storage_key, claim.owner_token, 30)
+    assert store._renewal_cache_objects != [renewal_cache]  # a new one, closed next time
+
+
+def _open_sockets(cache: Any) -> int:
+    """The connected sockets of a PyMemcacheCache's pymemcache clients."""
+    return sum(client.sock is not None for client in cache._cache.clients.values())

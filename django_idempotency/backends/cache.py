@@ -163,7 +163,8 @@ class CacheBackend(BaseBackend):
         return await self._store.awatch(storage_key)
 
     def close(self) -> None:
-        """Close what the Redis commands opened (a django-redis cache's pool stays)."""
+        """Close what this backend opened: the Redis commands' clients (a django-redis
+        cache's pool stays), or the cache objects of async renewals."""
         self._store.close()
 
     async def aclaim(self, claim: Claim) -> ClaimResult:
@@ -253,6 +254,9 @@ class _CacheStore(BaseBackend):
         self.alias = alias
         self._lease_slack = _lease_slack(alias)
         self._renewal_caches = threading.local()
+        self._renewal_cache_objects: list[BaseCache] = []
+        """Every renewal thread's cache object, for :meth:`close`."""
+        self._renewal_cache_objects_lock = threading.Lock()
         self._owner_locks = tuple(threading.Lock() for _ in range(OWNER_LOCK_STRIPES))
 
     def claim(self, claim: Claim) -> ClaimResult:
@@ -351,7 +355,20 @@ class _CacheStore(BaseBackend):
         cache = getattr(self._renewal_caches, "cache", None)
         if cache is None:
             cache = self._renewal_caches.cache = self._cache(shared=False)
+            with self._renewal_cache_objects_lock:
+                self._renewal_cache_objects.append(cache)
         return self._renew(cache, storage_key, owner_token, lease_seconds)
+
+    def close(self) -> None:
+        """Close the renewal threads' cache objects (the request's are Django's to close).
+
+        A renewal thread that renews again afterwards builds a new one.
+        """
+        with self._renewal_cache_objects_lock:
+            opened, self._renewal_cache_objects = self._renewal_cache_objects, []
+            self._renewal_caches = threading.local()
+        for cache in opened:
+            cache.close()
 
     def _renew(
         self, cache: BaseCache, storage_key: str, owner_token: str, lease_seconds: int
