@@ -104,19 +104,8 @@ class Record(NamedTuple):
 
     def completed(self, response: StoredResponse, now: float, ttl: int) -> Record:
         """This record, completed with ``response`` and replayable for ``ttl`` seconds."""
-        return Record(
-            storage_key=self.storage_key,
-            key=self.key,
-            scope=self.scope,
-            fingerprint=self.fingerprint,
-            method=self.method,
-            path=self.path,
-            state=State.COMPLETED,
-            owner_token=self.owner_token,
-            created_at=self.created_at,
-            expires_at=now + ttl,
-            completed_at=now,
-            response=response,
+        return self._replace(
+            state=State.COMPLETED, expires_at=now + ttl, completed_at=now, response=response
         )
 
     @classmethod

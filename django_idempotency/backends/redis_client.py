@@ -202,6 +202,17 @@ class Connection:
     pool: Any | None
     """The pool to disconnect on close; None when it belongs to a django-redis cache."""
 
+    @classmethod
+    def of(cls, client: Any, pool: Any | None) -> Connection:
+        """``client`` (sync or asyncio) with this backend's scripts registered on it."""
+        return cls(
+            client=client,
+            complete=client.register_script(COMPLETE_SCRIPT),
+            renew=client.register_script(RENEW_SCRIPT),
+            release=client.register_script(RELEASE_SCRIPT),
+            pool=pool,
+        )
+
 
 class RedisClient:
     """The sync connection and the per-loop asyncio connections of one backend."""
@@ -252,13 +263,7 @@ class RedisClient:
             from django_redis import get_redis_connection
 
             client = get_redis_connection(self.options["CACHE"])
-        return Connection(
-            client=client,
-            complete=client.register_script(COMPLETE_SCRIPT),
-            renew=client.register_script(RENEW_SCRIPT),
-            release=client.register_script(RELEASE_SCRIPT),
-            pool=pool,
-        )
+        return Connection.of(client, pool)
 
     async def _aconnect(self) -> Connection | None:
         return self._connect_async()
@@ -294,14 +299,7 @@ class RedisClient:
                 timeout=kwargs.get("socket_timeout") or DEFAULT_POOL_TIMEOUT,
                 **kwargs,
             )
-        client = redis.asyncio.Redis(connection_pool=pool)
-        return Connection(
-            client=client,
-            complete=client.register_script(COMPLETE_SCRIPT),
-            renew=client.register_script(RENEW_SCRIPT),
-            release=client.register_script(RELEASE_SCRIPT),
-            pool=pool,
-        )
+        return Connection.of(redis.asyncio.Redis(connection_pool=pool), pool)
 
     def change_listener(self, channel: str, key_prefix: bytes) -> Listen:
         """The loop of a :class:`~django_idempotency.backends.changes.ChangeListener`:
